@@ -1,0 +1,74 @@
+"""Headless figures of anomaly maps (matplotlib, Agg backend).
+
+Maps are always drawn on a fixed colour scale (vmin, vmax) stored in the model at fit time, so
+colours are comparable across images; they are never min-max normalised per image.
+"""
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from utils import atomic_path  # noqa: E402
+
+
+def display_range(meta, amap):
+    """(vmin, vmax) of the colour scale: the model's fixed one, else the map's own range."""
+    disp = meta.get("display") or {}
+    if disp.get("vmin") is not None:
+        return disp["vmin"], disp["vmax"]
+    return float(amap.min()), float(amap.max())
+
+
+def plot_result(path, image, amap, score, threshold=None, vmin=None, vmax=None, gt_mask=None,
+                title=""):
+    """Write a PNG: input, [ground truth], heat map with colour bar, overlay with predicted mask.
+
+    Args:
+        image: uint8 [S, S, 3]; amap: float [S, S]; score: image score;
+        threshold: map / score threshold (None: no verdict, no predicted mask);
+        gt_mask: optional bool [S, S].
+    """
+    panels = 3 + (gt_mask is not None)
+    fig, axes = plt.subplots(1, panels, figsize=(3.2 * panels, 3.6))
+    i = 0
+    axes[i].imshow(image)
+    axes[i].set_title("image")
+    if gt_mask is not None:
+        i += 1
+        axes[i].imshow(gt_mask, cmap="gray", vmin=0, vmax=1)
+        axes[i].set_title("ground truth")
+    i += 1
+    im = axes[i].imshow(amap, cmap="jet", vmin=vmin, vmax=vmax)
+    axes[i].set_title("anomaly map")
+    fig.colorbar(im, ax=axes[i], fraction=0.046, pad=0.04)
+    i += 1
+    axes[i].imshow(image)
+    axes[i].imshow(amap, cmap="jet", alpha=0.45, vmin=vmin, vmax=vmax)
+    if threshold is not None and (amap > threshold).any():
+        axes[i].contour(amap > threshold, levels=[0.5], colors="white", linewidths=1.2)
+    verdict = "" if threshold is None else (" ANOMALOUS" if score > threshold else " normal")
+    thr = "" if threshold is None else f" / thr {threshold:.2f}"
+    axes[i].set_title(f"score {score:.2f}{thr}{verdict}", fontsize=9)
+    for ax in axes:
+        ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=90)
+    plt.close(fig)
+    return path
+
+
+def verdict(score, threshold):
+    if threshold is None:
+        return "unknown"
+    return "anomalous" if score > threshold else "normal"
+
+
+def predicted_mask(amap, threshold):
+    """bool mask of the pixels above the threshold (empty when threshold is None)."""
+    if threshold is None:
+        return np.zeros(amap.shape, dtype=bool)
+    return amap > threshold
