@@ -1,0 +1,59 @@
+import os
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+warnings.filterwarnings("ignore", message="No ccache found")
+
+
+def run_script(*args, timeout=300):
+    """Run a project script as a user would; return CompletedProcess (text)."""
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+@pytest.fixture(scope="session")
+def demo_root(tmp_path_factory):
+    """Two small demo categories (brick RGB, gravel grayscale)."""
+    from datasets.synthetic import generate
+    root = str(tmp_path_factory.mktemp("demo"))
+    generate(root, ("brick", "gravel"), n_train=16, n_good=4, n_defect=8, size=128, seed=0)
+    return root
+
+
+@pytest.fixture(scope="session")
+def fitted(demo_root, tmp_path_factory):
+    """train.main on the demo data (resnet18, random weights, k=20, 128 px) with --eval."""
+    import train
+    save = str(tmp_path_factory.mktemp("out"))
+    args = train.get_args(["--data_path", demo_root, "--category", "all", "--arch", "resnet18",
+                           "--k", "20", "--no-pretrained", "--resize", "128", "--crop_size",
+                           "128", "--save_path", save, "--eval", "--eval_PRO",
+                           "--batch_size", "8"])
+    rows = train.main(args)
+    return {"save": save, "rows": rows, "data": demo_root}
+
+
+def official_case(seed, signal, decimals):
+    """The 8 maps of ALGORITHM.md section 6 (32 x 48) and their ground truth."""
+    rs = np.random.RandomState(seed)
+    maps, gts = [], []
+    for i in range(8):
+        m = rs.random_sample((32, 48))
+        g = np.zeros((32, 48), dtype=bool)
+        if i % 2 == 1:
+            g[4:12, 4:12] = True
+        if i % 4 == 3:
+            g[20:22, 30:40] = True
+        m = m + signal * g
+        if decimals is not None:
+            m = np.round(m, decimals)
+        maps.append(m)
+        gts.append(g)
+    return np.array(gts), np.array(maps)

@@ -1,0 +1,137 @@
+import numpy as np
+import paddle
+import pytest
+from scipy.ndimage import gaussian_filter
+from scipy.spatial.distance import mahalanobis as scipy_mahalanobis
+from skimage.transform import resize as sk_resize
+
+from models.backbone import Backbone
+from models.gaussian import PatchGaussian, mahalanobis
+from models.orthoad import OrthoAD
+from models.postprocess import AnomalyMapHead, GaussianBlur, gaussian_kernel1d
+from models.projection import make_projection
+from utils import UserError
+
+
+def _two_pass(y):
+    """float64 two-pass mean and covariance per position: y [N, k, h, w]."""
+    n, k, h, w = y.shape
+    yp = y.reshape(n, k, h * w).transpose(2, 0, 1).astype(np.float64)
+    mu = yp.mean(axis=1)
+    c = yp - mu[:, None]
+    return mu, np.einsum("pnk,pnl->pkl", c, c) / (n - 1) + 0.01 * np.eye(k)
+
+
+def test_streaming_gaussian_matches_two_pass_float64():
+    rng = np.random.default_rng(0)
+    # large offset, small spread: naive float32 sums of squares would lose the variance
+    y = (1000.0 + rng.standard_normal((37, 12, 4, 5))).astype(np.float32)
+    g = PatchGaussian(eps=0.01)
+    for i in range(0, 37, 8):            # uneven last batch
+        g.partial_fit(y[i:i + 8])
+    g.finalize()
+    mu, cov = _two_pass(y)
+    assert g.n_samples_seen_ == 37
+    np.testing.assert_allclose(g.mean_, mu, rtol=0, atol=1e-4)
+    np.testing.assert_allclose(g.covariance(), cov, rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(g.precision_, np.linalg.inv(cov), rtol=1e-5, atol=1e-5)
+    assert g.precision_.dtype == np.float32
+
+
+def test_mahalanobis_matches_per_position_scipy():
+    rng = np.random.default_rng(1)
+    y = rng.standard_normal((20, 6, 3, 3)).astype(np.float32)
+    g = PatchGaussian().fit([y[:10], y[10:]])
+    test = rng.standard_normal((2, 6, 3, 3)).astype(np.float32) * 3
+    d = mahalanobis(paddle.to_tensor(test), paddle.to_tensor(g.mean_),
+                    paddle.to_tensor(g.precision_)).numpy()
+    mu, cov = _two_pass(y)
+    vi = np.linalg.inv(cov)
+    for b in range(2):
+        for p in range(9):
+            i, j = divmod(p, 3)
+            ref = scipy_mahalanobis(test[b, :, i, j], mu[p], vi[p])
+            assert d[b, i, j] == pytest.approx(ref, rel=1e-4)
+
+
+def test_fewer_images_than_k_gives_finite_precision():
+    y = np.random.default_rng(2).standard_normal((5, 100, 2, 2)).astype(np.float32)
+    g = PatchGaussian().fit([y])
+    assert np.isfinite(g.precision_).all()
+    d = mahalanobis(paddle.to_tensor(y), paddle.to_tensor(g.mean_), paddle.to_tensor(g.precision_))
+    assert np.isfinite(d.numpy()).all()
+
+
+def test_gaussian_needs_two_images():
+    g = PatchGaussian().partial_fit(np.zeros((1, 3, 2, 2), dtype=np.float32))
+    with pytest.raises(UserError, match="at least 2"):
+        g.finalize()
+
+
+@pytest.mark.parametrize("method", ["ortho", "sample"])
+def test_projection_is_semi_orthogonal_and_seeded(method):
+    w = make_projection(method, 448, 100, seed=3)
+    assert w.shape == (448, 100) and w.dtype == np.float32
+    np.testing.assert_allclose(w.T @ w, np.eye(100), atol=1e-5)
+    np.testing.assert_array_equal(w, make_projection(method, 448, 100, seed=3))
+    assert not np.array_equal(w, make_projection(method, 448, 100, seed=4))
+    if method == "sample":
+        assert set(np.unique(w)) == {0.0, 1.0} and (w.sum(axis=0) == 1).all()
+        assert len(set(np.argmax(w, axis=0))) == 100           # distinct channels
+
+
+def test_projection_rejects_bad_k_and_method():
+    with pytest.raises(UserError, match="between 1 and the feature dimension 448"):
+        make_projection("ortho", 448, 449, 0)
+    with pytest.raises(UserError, match="unknown method 'pca'"):
+        make_projection("pca", 448, 10, 0)
+
+
+def test_blur_matches_scipy_gaussian_filter():
+    rng = np.random.default_rng(4)
+    x = rng.random((2, 1, 70, 45)).astype(np.float32) * 10
+    out = GaussianBlur(4.0)(paddle.to_tensor(x)).numpy()
+    for b in range(2):
+        ref = gaussian_filter(x[b, 0].astype(np.float64), sigma=4)   # mode 'reflect', truncate 4
+        np.testing.assert_allclose(out[b, 0], ref, atol=1e-5)
+    assert len(gaussian_kernel1d(4.0)) == 33
+
+
+def test_head_upsamples_bilinearly_with_half_pixel_centres():
+    rng = np.random.default_rng(5)
+    dist = rng.random((1, 16, 16)).astype(np.float32)
+    head = AnomalyMapHead(64)
+    up = paddle.nn.functional.interpolate(paddle.to_tensor(dist).unsqueeze(1), size=[64, 64],
+                                          mode="bilinear", align_corners=False).numpy()[0, 0]
+    ref = sk_resize(dist[0].astype(np.float64), (64, 64), order=1, mode="edge",
+                    anti_aliasing=False)
+    np.testing.assert_allclose(up, ref, atol=1e-5)
+    out = head(paddle.to_tensor(dist)).numpy()[0, 0]
+    np.testing.assert_allclose(out, gaussian_filter(ref, sigma=4), atol=1e-4)
+
+
+def test_per_layer_projection_equals_projecting_the_concatenation():
+    bb = Backbone("resnet18", pretrained=False, seed=0)
+    w = make_projection("ortho", 448, 16, seed=0)
+    det = OrthoAD(bb, w, 64)
+    x = paddle.to_tensor(np.random.default_rng(6).standard_normal((2, 3, 64, 64)).astype("float32"))
+    with paddle.no_grad():
+        f1, f2, f3 = (f.numpy() for f in bb(x))
+        y = det.embed(x).numpy()
+    up = lambda f, s: f.repeat(s, axis=2).repeat(s, axis=3)  # nearest upsampling  # noqa: E731
+    emb = np.concatenate([f1, up(f2, 2), up(f3, 4)], axis=1)    # [B, 448, 16, 16]
+    ref = np.einsum("bfhw,fk->bkhw", emb.astype(np.float64), w.astype(np.float64))
+    np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_random_backbone_is_seeded_and_fingerprinted():
+    a = Backbone("resnet18", pretrained=False, seed=0)
+    b = Backbone("resnet18", pretrained=False, seed=0)
+    c = Backbone("resnet18", pretrained=False, seed=1)
+    assert a.weights_sha256 == b.weights_sha256 != c.weights_sha256
+    assert a.weights_source == "random:seed=0"
+
+
+def test_missing_weights_file_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="--weights file"):
+        Backbone("resnet18", weights=str(tmp_path / "nope.pdparams"))
