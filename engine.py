@@ -178,13 +178,24 @@ def _embed_files(detector, files, preprocess, batch_size, desc):
         bar.close()
 
 
+THRESHOLD_RULE = ("max(max(s), mean(s) + 3 * std(s)) of the image scores s of held-out normal "
+                  "training images")
+
+
+def threshold_rule(scores):
+    """Image (and pixel) threshold from the scores of held-out NORMAL images only."""
+    s = np.asarray(scores, dtype=np.float64)
+    spread = 3.0 * s.std(ddof=1) if len(s) > 1 else 0.1 * abs(s[0])
+    return float(max(s.max(), s.mean() + spread))
+
+
 def fit_category(data_path, category, cfg, backbone, out_file):
     """Fit one category and save its model file.
 
     Normal images held out (``cfg.holdout``) are scored by the model fitted on the others; the
-    image threshold is the largest of their image scores (a held-out normal image is never
-    flagged), and the display range runs from their smallest map value to twice the threshold's
-    distance above it. They are then added to the statistics.
+    threshold is ``threshold_rule`` of their image scores, and the display range runs from their
+    smallest map value to twice the threshold's distance above it. They are then added to the
+    statistics. No test image is ever looked at.
 
     Returns:
         (meta dict, seconds spent).
@@ -198,7 +209,7 @@ def fit_category(data_path, category, cfg, backbone, out_file):
     gauss = PatchGaussian(eps=cfg.eps)
     for y in _embed_files(detector, fit_files, preprocess, cfg.batch_size, f"fit {category}"):
         gauss.partial_fit(y)
-    threshold, display = None, {"vmin": None, "vmax": None}
+    threshold, display, scores = None, {"vmin": None, "vmax": None}, []
     if hold_files:
         gauss.finalize()
         detector.set_gaussian(gauss.mean_, gauss.precision_)
@@ -208,7 +219,7 @@ def fit_category(data_path, category, cfg, backbone, out_file):
             scored = [detector.score(y) for y in held]
         scores = np.concatenate([s.numpy() for _, s in scored])
         vmin = float(min(m.min().item() for m, _ in scored))
-        threshold = float(scores.max())
+        threshold = threshold_rule(scores)
         display = {"vmin": vmin, "vmax": vmin + 2.0 * (threshold - vmin)}
         for y in held:
             gauss.partial_fit(y)
@@ -221,7 +232,7 @@ def fit_category(data_path, category, cfg, backbone, out_file):
         "n_train": len(files), "weights_source": backbone.weights_source,
         "weights_sha256": backbone.weights_sha256,
         "threshold": {"image": threshold, "pixel": threshold, "n_holdout": len(hold_files),
-                      "rule": "max image score of held-out normal training images"},
+                      "rule": THRESHOLD_RULE, "holdout_scores": [float(v) for v in scores]},
         "display": display, "versions": library_versions(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "fit_seconds": round(elapsed, 3),
     }

@@ -15,6 +15,7 @@ import numpy as np
 # Paddle warns at import time about a missing ccache (only relevant to C++ extension builds);
 # keep stderr for our own one-line messages. Scripts import this module before Paddle.
 warnings.filterwarnings("ignore", message="No ccache found")
+os.environ.setdefault("GLOG_minloglevel", "2")   # Paddle's C++ INFO/WARNING chatter
 
 MODEL_FORMAT_VERSION = 1
 
@@ -97,6 +98,9 @@ def atomic_path(path):
     ensure_dir(folder)
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     try:
         yield tmp
         with open(tmp, "rb") as fh:

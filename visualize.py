@@ -3,6 +3,8 @@
 Maps are always drawn on a fixed colour scale (vmin, vmax) stored in the model at fit time, so
 colours are comparable across images; they are never min-max normalised per image.
 """
+import os
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -72,3 +74,10 @@ def predicted_mask(amap, threshold):
     if threshold is None:
         return np.zeros(amap.shape, dtype=bool)
     return amap > threshold
+
+
+def save_prediction(out_dir, image_path, image, amap, score, threshold, vmin, vmax):
+    """Write the figure of one prediction as <out_dir>/<stem>.png; return the picture's path."""
+    stem = os.path.splitext(os.path.basename(image_path))[0]
+    return plot_result(os.path.join(out_dir, f"{stem}.png"), image, amap, score, threshold,
+                       vmin, vmax, title=os.path.basename(image_path))

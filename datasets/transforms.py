@@ -130,3 +130,17 @@ class Preprocess:
             (box[2] - box[0], box[3] - box[1]), resample=Image.BILINEAR)
         out[box[1]:box[3], box[0]:box[2]] = np.asarray(region)
         return out
+
+
+def list_inputs(path):
+    """An image file or a folder of images -> sorted list of image paths (UserError if none)."""
+    if os.path.isdir(path):
+        files = sorted(os.path.join(path, f) for f in os.listdir(path)
+                       if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith("."))
+        if not files:
+            raise UserError(f"folder '{path}' holds no images ({', '.join(IMAGE_EXTENSIONS)}): "
+                            "pass an image or a folder of images")
+        return files
+    if not os.path.isfile(path):
+        raise UserError(f"input '{path}' does not exist: pass an image or a folder of images")
+    return [path]

@@ -1,0 +1,187 @@
+"""Run an exported model with Paddle Inference (no import of models/: the graph is complete).
+
+    python infer.py --model_file output/export/brick/model.json \
+        --params_file output/export/brick/model.pdiparams --input_file IMAGE_OR_FOLDER
+
+Pre-processing, thresholds and the display range come from deploy.json (--stats), written by
+export_model.py, so they cannot drift from training.
+"""
+import hashlib
+import json
+import logging
+import os
+import resource
+import sys
+import time
+
+import numpy as np
+
+from utils import ArgumentParser, UserError, positive_int, run_cli, str2bool, write_csv  # first
+from datasets.transforms import Preprocess, list_inputs, load_rgb  # noqa: E402
+
+logger = logging.getLogger("infer")
+
+
+def get_args(argv=None):
+    p = ArgumentParser(description="Paddle Inference on an exported OrthoAD / PaDiM model.")
+    p.add_argument("--model_file", type=str, required=True, help="model.json or model.pdmodel")
+    p.add_argument("--params_file", type=str, required=True, help="model.pdiparams")
+    p.add_argument("--input_file", type=str, required=True, help="an image or a folder of images")
+    p.add_argument("--stats", type=str, default=None,
+                   help="deploy.json written by export_model.py (default: next to --model_file)")
+    p.add_argument("--category", type=str, default=None,
+                   help="if given, must equal the exported model's category")
+    p.add_argument("--save_path", type=str, default="./output/infer",
+                   help="folder for figures and predictions.csv")
+    p.add_argument("--use_gpu", type=str2bool, default=False, help="run on GPU 0")
+    p.add_argument("--batch_size", type=positive_int, default=1, help="images per run")
+    p.add_argument("--cpu_threads", type=positive_int, default=2, help="CPU math threads")
+    p.add_argument("--enable_mkldnn", type=str2bool, default=False,
+                   help="oneDNN on CPU (fails on Paddle 3.3.1's exported interpolate)")
+    p.add_argument("--precision", type=str, default="fp32", choices=["fp32", "fp16", "int8"],
+                   help="only fp32: the Mahalanobis head needs float32")
+    p.add_argument("--threshold", type=float, default=None, help="override deploy.json's")
+    p.add_argument("--save_pic", type=str2bool, default=True, help="write a figure per image")
+    p.add_argument("--enable_benchmark", type=str2bool, default=False,
+                   help="print pre-process / inference / post-process times and peak RSS")
+    return p.parse_args(argv)
+
+
+def _sha256(path, block=1 << 22):
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(block), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_deploy(args):
+    """Check the files and read deploy.json; verify it belongs to --params_file."""
+    for flag, path in (("--model_file", args.model_file), ("--params_file", args.params_file)):
+        if not os.path.isfile(path):
+            raise UserError(f"{flag} '{path}' does not exist: run export_model.py first")
+    stats = args.stats or os.path.join(os.path.dirname(args.model_file), "deploy.json")
+    if os.path.isdir(stats):
+        stats = os.path.join(stats, "deploy.json")
+    if not os.path.isfile(stats):
+        raise UserError(f"deploy file '{stats}' does not exist: pass --stats with the "
+                        "deploy.json that export_model.py wrote")
+    try:
+        with open(stats, encoding="utf-8") as fh:
+            deploy = json.load(fh)
+        Preprocess.from_config(deploy["preprocess"])
+        deploy["params_sha256"], deploy["input_size"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"'{stats}' is not a deploy.json of export_model.py "
+                        f"({type(exc).__name__}): export the model again") from None
+    if _sha256(args.params_file) != deploy["params_sha256"]:
+        raise UserError(f"'{stats}' does not belong to '{args.params_file}' (SHA-256 differs): "
+                        "use the deploy.json exported with these parameters")
+    if args.category and args.category != deploy["model"].get("category"):
+        raise UserError(f"the exported model is for category '{deploy['model'].get('category')}'"
+                        f", not '{args.category}': pass the matching model")
+    return deploy
+
+
+class Engine:
+    """A Paddle Inference predictor for the exported graph."""
+
+    def __init__(self, args):
+        from paddle import inference
+        if args.precision != "fp32":
+            raise UserError(f"--precision {args.precision} is not supported: the per-patch "
+                            "precision matrices need float32; use --precision fp32")
+        config = inference.Config(args.model_file, args.params_file)
+        if args.use_gpu:
+            import paddle
+            if not paddle.device.is_compiled_with_cuda() or paddle.device.cuda.device_count() < 1:
+                raise UserError("--use_gpu=True but this Paddle build or machine has no GPU: "
+                                "install paddlepaddle-gpu or pass --use_gpu=False")
+            config.enable_use_gpu(512, 0)
+        else:
+            config.disable_gpu()
+            config.set_cpu_math_library_num_threads(args.cpu_threads)
+            if args.enable_mkldnn:
+                config.enable_mkldnn()
+            else:
+                config.disable_mkldnn()
+        config.disable_glog_info()
+        try:
+            self.predictor = inference.create_predictor(config)
+        except Exception as exc:
+            raise UserError(f"Paddle Inference cannot load '{args.model_file}' "
+                            f"({str(exc).strip().splitlines()[-1][:120]}): export it again "
+                            "with this Paddle version") from None
+        self.input = self.predictor.get_input_handle(self.predictor.get_input_names()[0])
+        self.outputs = [self.predictor.get_output_handle(n)
+                        for n in self.predictor.get_output_names()]
+        self.mkldnn = bool(args.enable_mkldnn and not args.use_gpu)
+
+    def run(self, x):
+        """x float32 [B, 3, S, S] -> (maps [B, S, S], scores [B])."""
+        self.input.reshape(list(x.shape))
+        self.input.copy_from_cpu(np.ascontiguousarray(x))
+        try:
+            self.predictor.run()
+        except Exception as exc:
+            if self.mkldnn:
+                raise UserError("oneDNN cannot run this graph with this Paddle version "
+                                f"({str(exc).strip().splitlines()[-1][:100]}): pass "
+                                "--enable_mkldnn=False") from None
+            raise
+        outs = [o.copy_to_cpu() for o in self.outputs]
+        amap = next(o for o in outs if o.ndim == 4)
+        score = next(o for o in outs if o.ndim == 1)
+        return amap[:, 0], score
+
+
+def main(args):
+    """Infer every input image; return a list of dicts (path, score, verdict, map)."""
+    import visualize
+    deploy = read_deploy(args)
+    files = list_inputs(args.input_file)
+    pre = Preprocess.from_config(deploy["preprocess"])
+    threshold = args.threshold if args.threshold is not None else \
+        (deploy.get("threshold") or {}).get("image")
+    display = deploy.get("display") or {}
+    engine = Engine(args)
+    t_pre = t_inf = t_post = 0.0
+    results = []
+    for start in range(0, len(files), args.batch_size):
+        batch = files[start:start + args.batch_size]
+        t0 = time.perf_counter()
+        x = np.stack([pre.image(load_rgb(f)) for f in batch])
+        t1 = time.perf_counter()
+        maps, scores = engine.run(x)
+        t2 = time.perf_counter()
+        for f, xi, amap, score in zip(batch, x, maps, scores):
+            row = {"path": f, "score": float(score), "verdict": visualize.verdict(score, threshold),
+                   "map": amap}
+            if args.save_pic:
+                vmin = display.get("vmin", float(amap.min()))
+                vmax = display.get("vmax", float(amap.max()))
+                row["picture"] = visualize.save_prediction(
+                    args.save_path, f, pre.unnormalise(xi), amap, float(score), threshold,
+                    vmin if vmin is not None else float(amap.min()),
+                    vmax if vmax is not None else float(amap.max()))
+            results.append(row)
+            print(f"{f}\tscore {row['score']:.4f}\t{row['verdict']}")
+        t_post += time.perf_counter() - t2
+        t_pre += t1 - t0
+        t_inf += t2 - t1
+    if len(files) > 1:
+        write_csv(os.path.join(args.save_path, "predictions.csv"), results,
+                  ["path", "score", "verdict"])
+    if args.enable_benchmark:
+        n = len(files)
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(f"benchmark: {n} images, batch {args.batch_size}, "
+              f"{'GPU' if args.use_gpu else f'CPU {args.cpu_threads} threads'}: "
+              f"preprocess {1000 * t_pre / n:.1f} ms/img, inference {1000 * t_inf / n:.1f} ms/img, "
+              f"postprocess {1000 * t_post / n:.1f} ms/img, "
+              f"{n / (t_pre + t_inf + t_post):.2f} img/s, peak RSS {rss:.0f} MiB")
+    return results
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main, get_args))
