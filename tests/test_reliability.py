@@ -1,0 +1,89 @@
+"""Atomic artefacts under SIGKILL, Ctrl-C handling, reproducibility across thread counts."""
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+
+from conftest import ROOT, run_script
+from utils import load_model, model_path
+
+SMALL = ["--no-pretrained", "--resize", "128", "--crop_size", "128", "--k", "8"]
+
+
+def test_sigkill_during_save_keeps_the_previous_model(fitted, tmp_path):
+    """A process killed while writing a model leaves the old file intact and loadable."""
+    path = model_path(fitted["save"], "ortho", "resnet18", 20, "gravel")
+    target = tmp_path / "gravel.pdparams"
+    target.write_bytes(open(path, "rb").read())
+    before = target.read_bytes()
+    code = textwrap.dedent(f"""
+        import sys, time
+        sys.path.insert(0, {ROOT!r})
+        import numpy as np, paddle, utils
+        def slow_save(obj, path, protocol=4):      # writes half a file, then hangs
+            with open(path, "wb") as fh:
+                fh.write(b"half a model")
+                fh.flush()
+            print("writing", flush=True)
+            time.sleep(120)
+        paddle.save = slow_save
+        a = np.zeros((4, 2, 2), np.float32)
+        utils.save_model({str(target)!r}, {{"k": 2}}, {{"projection": a, "mean": a,
+                         "precision": a}})
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "writing"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+    assert target.read_bytes() == before
+    meta, arrays = load_model(str(target))
+    assert meta["k"] == 20 and arrays["precision"].shape == (1024, 20, 20)
+    leftovers = [f for f in os.listdir(tmp_path) if f != "gravel.pdparams"]
+    assert all(f.startswith(".gravel.pdparams.") and f.endswith(".tmp") for f in leftovers)
+
+
+def test_ctrl_c_stops_cleanly_and_keeps_finished_categories(demo_root, tmp_path):
+    save = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "train.py", "--data_path", demo_root, "--category",
+                             "all", "--save_path", str(save), "--eval", *SMALL], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = save / "ortho_resnet18_k8" / "results.csv"
+    deadline = time.time() + 120
+    while not first.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert err.strip().splitlines()[-1] == \
+        "train.py: interrupted by the user; finished results were kept"
+    assert "Traceback" not in err
+    rows = first.read_text().splitlines()
+    assert rows[1].startswith("brick,")
+    assert load_model(str(save / "ortho_resnet18_k8" / "brick.pdparams"))[0]["n_train"] == 16
+
+
+def test_one_and_two_threads_agree(demo_root, tmp_path):
+    stats = []
+    for threads in ("1", "2"):
+        env = {"OMP_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads,
+               "MKL_NUM_THREADS": threads}
+        old = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            r = run_script("train.py", "--data_path", demo_root, "--category", "gravel",
+                           "--save_path", str(tmp_path / threads), *SMALL)
+        finally:
+            for k, v in old.items():
+                os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+        assert r.returncode == 0, r.stderr[-2000:]
+        stats.append(load_model(model_path(str(tmp_path / threads), "ortho", "resnet18", 8,
+                                           "gravel"))[1])
+    np.testing.assert_array_equal(stats[0]["projection"], stats[1]["projection"])
+    np.testing.assert_allclose(stats[0]["mean"], stats[1]["mean"], rtol=1e-5, atol=1e-5)
+    scale = np.abs(stats[0]["precision"]).max()
+    np.testing.assert_allclose(stats[0]["precision"], stats[1]["precision"], rtol=1e-4,
+                               atol=1e-5 * scale)
