@@ -2,7 +2,6 @@
 
 The scripts only parse flags and print; the work is done here (and the maths in ``models/``).
 """
-import argparse
 import logging
 import math
 import os
@@ -54,9 +53,10 @@ def add_model_args(parser, fitting):
         parser.add_argument("--holdout", type=float, default=0.1,
                             help="fraction of train/good held out to learn the threshold "
                                  "(then added to the statistics); 0 disables the threshold")
-        parser.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=True,
-                            help="Paddle's ImageNet weights (downloaded on first use); "
-                                 "--no-pretrained uses seeded random weights (tests, demos)")
+        flag_bool(parser, "--pretrained", True, "Paddle's ImageNet weights (downloaded on first "
+                  "use); --no-pretrained or --pretrained=False: seeded random weights (tests)")
+        parser.add_argument("--no-pretrained", dest="pretrained", action="store_false",
+                            help="same as --pretrained=False")
     parser.add_argument("--weights", type=str, default=None,
                         help="local backbone .pdparams (instead of downloading)")
 

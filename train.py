@@ -6,7 +6,7 @@ import logging
 import os
 import sys
 
-from utils import ArgumentParser, UserError, ensure_dir, model_path, positive_int, run_cli  # first: quiets Paddle's import
+from utils import ArgumentParser, UserError, ensure_dir, model_path, run_cli  # first: quiets Paddle's import
 import engine  # noqa: E402
 from datasets.mvtec import resolve_categories  # noqa: E402
 
@@ -22,7 +22,6 @@ def get_args(argv=None):
     engine.add_model_args(p, fitting=True)
     engine.flag_bool(p, "--eval", False, "evaluate each category on its test set after fitting")
     engine.add_eval_args(p)
-    p.add_argument("--workers", type=positive_int, default=2, help="image loading threads")
     return p.parse_args(argv)
 
 

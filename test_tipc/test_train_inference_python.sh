@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# TIPC chain: train (+eval) -> export -> Paddle Inference, for one config and mode.
+# Usage: bash test_tipc/test_train_inference_python.sh test_tipc/configs/OrthoAD/train_infer_python.txt lite_train_lite_infer
+# Every step's log is kept under test_tipc/output/<model>/; results_python.log gets one
+# "Run successfully/failed with command - ...!" line per step; the exit status is non-zero if
+# any step failed.
+set -uo pipefail
+source "$(dirname "$0")/common_func.sh"
+FILENAME=${1:?usage: test_train_inference_python.sh CONFIG MODE}
+MODE=${2:?usage: test_train_inference_python.sh CONFIG MODE}
+check_mode "$MODE"
+[ -f "$FILENAME" ] || { echo "test_tipc: error: config '$FILENAME' does not exist" >&2; exit 2; }
+
+# ---- parse (each key is checked at its line; a misplaced or misspelled key is an error)
+v() { config_value "$FILENAME" "$1" "$2" || exit 2; }
+m() { local raw; raw=$(v "$1" "$2") || exit 2; mode_value "$raw" "$MODE" "$FILENAME" "$1" || exit 2; }
+model_name=$(v 2 model_name) || exit 2
+python=$(v 3 python) || exit 2
+gpu_list=$(v 4 gpu_list) || exit 2
+train_use_gpu=$(m 5 --use_gpu) || exit 2
+data_path=$(m 6 --data_path) || exit 2
+category=$(m 7 --category) || exit 2
+save_path=$(m 8 --save_path) || exit 2
+train_batch=$(m 9 --batch_size) || exit 2
+resize=$(m 10 --resize) || exit 2
+crop_size=$(m 11 --crop_size) || exit 2
+pretrained=$(m 12 --pretrained) || exit 2
+trainer=$(v 14 trainer) || exit 2
+norm_train=$(v 15 norm_train) || exit 2
+eval_cmd=$(v 18 eval) || exit 2
+export_dir=$(m 21 --save_dir) || exit 2
+norm_export=$(v 22 norm_export) || exit 2
+inference=$(v 24 inference) || exit 2
+infer_use_gpu=$(v 25 --use_gpu) || exit 2
+infer_mkldnn=$(v 26 --enable_mkldnn) || exit 2
+infer_threads=$(v 27 --cpu_threads) || exit 2
+infer_batch=$(v 28 --batch_size) || exit 2
+infer_precision=$(v 29 --precision) || exit 2
+infer_input=$(m 30 --input_file) || exit 2
+infer_benchmark=$(v 31 --enable_benchmark) || exit 2
+[ "$trainer" == "norm_train" ] || { echo "test_tipc: error: $FILENAME line 14: trainer '$trainer' is not supported; use norm_train" >&2; exit 2; }
+
+LOG_PATH="./test_tipc/output/${model_name}"
+mkdir -p "$LOG_PATH"
+status_log="${LOG_PATH}/results_python.log"
+: > "$status_log"
+failed=0
+run_step() {   # run_step NAME COMMAND...
+    local name=$1; shift
+    local log="${LOG_PATH}/${name}.log"
+    local cmd="$*"
+    local start=$(date +%s.%N)
+    eval "$cmd" > "$log" 2>&1
+    local rc=$?
+    local secs=$(echo "$(date +%s.%N) - $start" | bc 2>/dev/null || echo "?")
+    status_check $rc "$cmd" "$status_log"
+    echo "  ${name}: exit ${rc}, ${secs} s, log ${log}"
+    [ $rc -eq 0 ] || { failed=1; tail -n 5 "$log" | sed 's/^/    | /'; }
+}
+gpu_available() { $python -c "import paddle,sys; sys.exit(0 if paddle.device.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0 else 1)" 2>/dev/null; }
+
+data_args="--data_path=${data_path} --category=${category} --save_path=${save_path} --resize=${resize} --crop_size=${crop_size}"
+echo "TIPC ${model_name} ${MODE}: logs in ${LOG_PATH}"
+
+# ---- train (+ eval)
+run_step train "$python $norm_train $data_args --batch_size=${train_batch} --pretrained=${pretrained}"
+run_step eval "$python $eval_cmd --data_path=${data_path} --category=${category} --save_path=${save_path}"
+
+# ---- export
+run_step export "$python $norm_export --category=${category} --save_path=${save_path} --save_dir=${export_dir}"
+model_file="${export_dir}/model.json"
+[ -f "$model_file" ] || model_file="${export_dir}/model.pdmodel"
+
+# ---- inference
+IFS='|' read -r -a gpus <<< "$infer_use_gpu"
+IFS='|' read -r -a threads <<< "$infer_threads"
+IFS='|' read -r -a batches <<< "$infer_batch"
+for use_gpu in "${gpus[@]}"; do
+    if [ "$use_gpu" == "True" ]; then
+        if ! gpu_available; then
+            echo "  (skipping --use_gpu=True: no GPU in this Paddle build or machine)"
+            continue
+        fi
+        thread_list=("1")
+    else
+        thread_list=("${threads[@]}")
+    fi
+    for t in "${thread_list[@]}"; do
+        for bs in "${batches[@]}"; do
+            tag="infer_gpu_${use_gpu}_threads_${t}_bs_${bs}"
+            run_step "$tag" "$python $inference --use_gpu=${use_gpu} --enable_mkldnn=${infer_mkldnn} --cpu_threads=${t} --batch_size=${bs} --precision=${infer_precision} --model_file=${model_file} --params_file=${export_dir}/model.pdiparams --stats=${export_dir}/deploy.json --input_file=${infer_input} --save_path=${LOG_PATH}/${tag} --enable_benchmark=${infer_benchmark}"
+            grep -h "^benchmark:" "${LOG_PATH}/${tag}.log" | sed 's/^/    /'
+        done
+    done
+done
+
+if [ $failed -ne 0 ]; then
+    echo "TIPC ${model_name} ${MODE}: FAILED (see ${status_log})"
+    exit 1
+fi
+echo "TIPC ${model_name} ${MODE}: all steps passed (see ${status_log})"
