@@ -5,6 +5,8 @@ The scripts only parse flags and print; the work is done here (and the maths in 
 import logging
 import math
 import os
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 
@@ -20,8 +22,8 @@ from models.backbone import ARCHS, Backbone, feature_dim
 from models.gaussian import PatchGaussian
 from models.orthoad import OrthoAD
 from models.projection import PROJECTIONS, make_projection
-from utils import (UserError, atomic_path, ensure_dir, library_versions, load_model, model_path, save_model,
-                   str2bool, write_csv)
+from utils import (UserError, atomic_path, ensure_dir, library_versions, load_model, model_path,
+                   save_model, sha256_file, str2bool, write_csv, write_json)
 
 logger = logging.getLogger(__name__)
 
@@ -209,9 +211,12 @@ def fit_category(data_path, category, cfg, backbone, out_file):
     gauss = PatchGaussian(eps=cfg.eps)
     for y in _embed_files(detector, fit_files, preprocess, cfg.batch_size, f"fit {category}"):
         gauss.partial_fit(y)
+    finalize_s = 0.0
     threshold, display, scores = None, {"vmin": None, "vmax": None}, []
     if hold_files:
+        t = time.perf_counter()
         gauss.finalize()
+        finalize_s += time.perf_counter() - t
         detector.set_gaussian(gauss.mean_, gauss.precision_)
         held = list(_embed_files(detector, hold_files, preprocess, cfg.batch_size,
                                  f"hold-out {category}"))
@@ -221,9 +226,13 @@ def fit_category(data_path, category, cfg, backbone, out_file):
         vmin = float(min(m.min().item() for m, _ in scored))
         threshold = threshold_rule(scores)
         display = {"vmin": vmin, "vmax": vmin + 2.0 * (threshold - vmin)}
+        del scored
+        detector = None          # frees its copy of the provisional Gaussian before the final one
         for y in held:
             gauss.partial_fit(y)
+    t = time.perf_counter()
     gauss.finalize()
+    finalize_s += time.perf_counter() - t
     elapsed = time.perf_counter() - start
     meta = {
         "method": cfg.method, "arch": cfg.arch, "k": cfg.k, "seed": cfg.seed,
@@ -235,6 +244,7 @@ def fit_category(data_path, category, cfg, backbone, out_file):
                       "rule": THRESHOLD_RULE, "holdout_scores": [float(v) for v in scores]},
         "display": display, "versions": library_versions(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "fit_seconds": round(elapsed, 3),
+        "finalize_seconds": round(finalize_s, 3),
     }
     save_model(out_file, meta, {"projection": w, "mean": gauss.mean_,
                                 "precision": gauss.precision_})
@@ -307,6 +317,8 @@ def evaluate_category(model, data_path, category, opts):
                     pre.unnormalise(x), amap, float(score), model.threshold, vmin, vmax, mask,
                     title=f"{category}/{sample.defect}/{stem}")
     eval_s = time.perf_counter() - start
+    logger.info("%s: scored %d test images in %.1f s (%.1f img/s)", category, len(samples),
+                eval_s, len(samples) / eval_s)
     if opts.eval_size == "original":
         eval_maps, eval_masks = orig_maps, orig_masks
     else:
@@ -389,3 +401,38 @@ def eval_options(args, out_dir):
                        paper_metrics=args.non_partial_AUC, eval_size=args.eval_size,
                        pic_dir=os.path.join(out_dir, "pictures") if args.save_pic else None,
                        maps_dir=args.save_maps)
+
+
+# --------------------------------------------------------------------------- export
+
+DEPLOY_VERSION = 1
+
+
+def export(model, save_dir):
+    """Save ``model.detector`` as a static graph plus deploy.json; return the written paths."""
+    import paddle
+    from paddle.static import InputSpec
+    size = model.meta["crop_size"]
+    model.detector.eval()
+    spec = [InputSpec([None, 3, size, size], "float32", "image")]
+    static = paddle.jit.to_static(model.detector, input_spec=spec, full_graph=True)
+    ensure_dir(save_dir)
+    tmp = tempfile.mkdtemp(prefix=".export.", dir=save_dir)
+    try:
+        paddle.jit.save(static, os.path.join(tmp, "model"))
+        graph = next(f for f in os.listdir(tmp) if f in ("model.json", "model.pdmodel"))
+        digest = sha256_file(os.path.join(tmp, "model.pdiparams"))
+        meta = {k: v for k, v in model.meta.items() if k != "versions"}
+        deploy = {"deploy_version": DEPLOY_VERSION, "preprocess": model.preprocess.config(),
+                  "input_size": size, "threshold": model.meta.get("threshold"),
+                  "display": model.meta.get("display"), "model": meta,
+                  "graph_file": graph, "params_sha256": digest,
+                  "outputs": ["anomaly_map [B, 1, S, S]", "image_score [B]"]}
+        write_json(os.path.join(tmp, "deploy.json"), deploy)
+        written = []
+        for name in (graph, "model.pdiparams", "deploy.json"):
+            os.replace(os.path.join(tmp, name), os.path.join(save_dir, name))
+            written.append(os.path.join(save_dir, name))
+        return written
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -6,7 +6,6 @@
 Pre-processing, thresholds and the display range come from deploy.json (--stats), written by
 export_model.py, so they cannot drift from training.
 """
-import hashlib
 import json
 import logging
 import os
@@ -16,7 +15,8 @@ import time
 
 import numpy as np
 
-from utils import ArgumentParser, UserError, positive_int, run_cli, str2bool, write_csv  # first
+from utils import (ArgumentParser, UserError, positive_int, run_cli, sha256_file,  # first
+                   str2bool, write_csv)
 from datasets.transforms import Preprocess, list_inputs, load_rgb  # noqa: E402
 
 logger = logging.getLogger("infer")
@@ -47,14 +47,6 @@ def get_args(argv=None):
     return p.parse_args(argv)
 
 
-def _sha256(path, block=1 << 22):
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(block), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def read_deploy(args):
     """Check the files and read deploy.json; verify it belongs to --params_file."""
     for flag, path in (("--model_file", args.model_file), ("--params_file", args.params_file)):
@@ -74,7 +66,7 @@ def read_deploy(args):
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise UserError(f"'{stats}' is not a deploy.json of export_model.py "
                         f"({type(exc).__name__}): export the model again") from None
-    if _sha256(args.params_file) != deploy["params_sha256"]:
+    if sha256_file(args.params_file) != deploy["params_sha256"]:
         raise UserError(f"'{stats}' does not belong to '{args.params_file}' (SHA-256 differs): "
                         "use the deploy.json exported with these parameters")
     if args.category and args.category != deploy["model"].get("category"):

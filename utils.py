@@ -1,13 +1,13 @@
 """Shared helpers: user-facing errors, strict CLI parsing, atomic artefact I/O, logging."""
 import argparse
 import contextlib
+import hashlib
 import json
 import logging
 import os
 import platform
 import sys
 import tempfile
-import time
 import warnings
 
 import numpy as np
@@ -208,10 +208,9 @@ def model_path(save_path, method, arch, k, category):
     return os.path.join(save_path, f"{method}_{arch}_k{k}", f"{category}.pdparams")
 
 
-class Timer:
-    def __init__(self):
-        self.start = time.perf_counter()
-
-    @property
-    def elapsed(self):
-        return time.perf_counter() - self.start
+def sha256_file(path, block=1 << 22):
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(block), b""):
+            h.update(chunk)
+    return h.hexdigest()
