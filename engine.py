@@ -207,6 +207,7 @@ def fit_category(data_path, category, cfg, backbone, out_file):
     preprocess = Preprocess(cfg.resize, cfg.crop_size)
     w = make_projection(cfg.method, sum(backbone.channels), cfg.k, cfg.seed)
     detector = OrthoAD(backbone, w, cfg.crop_size)
+    grid = detector.grid
     fit_files, hold_files = _split_holdout(files, cfg.holdout, cfg.seed)
     gauss = PatchGaussian(eps=cfg.eps)
     for y in _embed_files(detector, fit_files, preprocess, cfg.batch_size, f"fit {category}"):
@@ -237,7 +238,7 @@ def fit_category(data_path, category, cfg, backbone, out_file):
     meta = {
         "method": cfg.method, "arch": cfg.arch, "k": cfg.k, "seed": cfg.seed,
         "resize": cfg.resize, "crop_size": cfg.crop_size, "eps": cfg.eps,
-        "grid": cfg.crop_size // 4, "feature_dim": int(w.shape[0]), "category": category,
+        "grid": grid, "feature_dim": int(w.shape[0]), "category": category,
         "n_train": len(files), "weights_source": backbone.weights_source,
         "weights_sha256": backbone.weights_sha256,
         "threshold": {"image": threshold, "pixel": threshold, "n_holdout": len(hold_files),

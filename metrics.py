@@ -52,30 +52,55 @@ def _components(masks):
     return np.concatenate(parts), total
 
 
-def pro_curve(masks, maps):
+def pro_curve(masks, maps, max_fpr=1.0):
     """Official MVTec AD PRO curve over every distinct score.
 
+    Equivalent to sorting all pixels by score (descending) and taking cumulative sums of
+    fp = 1 on OK pixels and pro = 1/|C| on the pixels of region C, keeping the last point of every
+    run of equal scores. To avoid an argsort of all pixels, only the scores are sorted (fast); the
+    defect pixels, usually few, are placed at the end of their score's run by a binary search, so
+    the cumulative sums are exact at every run end. With ``max_fpr`` < 1 the curve stops at the
+    first point whose FPR exceeds it (all an integral up to ``max_fpr`` needs).
+
     Returns:
-        (fpr, pro): float arrays, FPR ascending, starting at (0, 0) and ending at (1, 1);
-        None if there is no defect region or no normal pixel.
+        (fpr, pro): float arrays, FPR ascending, starting at (0, 0) and ending at (1, 1) (or at
+        the first point beyond ``max_fpr``); None if there is no defect region or no normal pixel.
     """
     comps, n_regions = _components(masks)
-    n_ok = int((comps == 0).sum())
+    scores = _flat(maps)
+    n = scores.size
+    defect = comps > 0
+    n_ok = n - int(defect.sum())
     if n_regions == 0 or n_ok == 0:
         return None
     sizes = np.bincount(comps)
-    pro_w = np.zeros(sizes.shape, dtype=np.float64)
-    pro_w[1:] = 1.0 / np.maximum(sizes[1:], 1)
-    scores = _flat(maps)
-    order = np.argsort(scores)[::-1]
-    scores = scores[order]
-    flat = comps[order]
-    fpr = np.cumsum(flat == 0, dtype=np.int64).astype(np.float32) / np.float32(n_ok)
-    pro = np.cumsum(pro_w[flat]) / n_regions
-    keep = np.append(np.diff(scores) != 0, True)
-    fpr = np.clip(fpr[keep], None, 1.0)
-    pro = np.clip(pro[keep], None, 1.0)
-    return np.concatenate([[0.0], fpr, [1.0]]), np.concatenate([[0.0], pro, [1.0]])
+    ascending = np.sort(scores)
+    # Prefix of the descending order that surely passes max_fpr, extended to a run end.
+    stop = n if max_fpr >= 1.0 else min(n, int(max_fpr * n_ok) + (n - n_ok) + 2)
+    if stop < n:
+        stop = n - int(np.searchsorted(ascending, ascending[n - stop], side="left"))
+    d_scores, d_comps = scores[defect], comps[defect]
+    order = np.argsort(d_scores)[::-1]                         # defect pixels, descending score
+    # index (in descending order of all pixels) of the end of each defect pixel's score run
+    run_end = n - 1 - np.searchsorted(ascending, d_scores[order], side="left")
+    inside = run_end < stop
+    run_end, order = run_end[inside], order[inside]
+    desc = ascending[::-1][:stop]
+    keep = np.append(desc[1:] != desc[:-1], True)
+    del ascending, desc
+    ends, first = np.unique(run_end, return_index=True)
+    n_defect = np.cumsum(np.diff(np.append(first, len(run_end))))
+    pro_sum = np.cumsum(np.add.reduceat(1.0 / sizes[d_comps[order]], first)) \
+        if len(first) else np.zeros(0)
+    # step functions over the descending positions, constant between run ends
+    lengths = np.diff(np.concatenate([[0], ends, [stop]]))
+    positions = np.flatnonzero(keep)
+    fp = positions + 1 - np.repeat(np.concatenate([[0], n_defect]), lengths)[positions]
+    pro = np.repeat(np.concatenate([[0.0], pro_sum]), lengths)[positions]
+    fpr = np.clip(fp.astype(np.float32) / np.float32(n_ok), None, 1.0)
+    pro = np.clip(pro / n_regions, None, 1.0)
+    tail = [1.0] if stop == n else []
+    return np.concatenate([[0.0], fpr, tail]), np.concatenate([[0.0], pro, tail])
 
 
 def _trapezoid(x, y, x_max):
@@ -101,7 +126,7 @@ def au_pro(masks, maps, limit=0.3):
     Returns:
         float in [0, 1], or None if the set has no defect region or no normal pixel.
     """
-    curve = pro_curve(masks, maps)
+    curve = pro_curve(masks, maps, max_fpr=limit)
     if curve is None:
         return None
     fpr, pro = curve

@@ -1,7 +1,7 @@
 """The anomaly detector as one Paddle layer: image -> (anomaly map, image score).
 
 Shapes: B images of size S x S, F = C1 + C2 + C3 backbone channels, k projected dimensions,
-h x w the layer1 patch grid (S/4 x S/4).
+h x w the layer1 patch grid (ceil(S/4) x ceil(S/4)).
 
 Every way of running a model (evaluation, predict.py, the exported static graph used by infer.py)
 calls ``OrthoAD.forward``; fitting calls ``OrthoAD.embed`` and ``models.gaussian.PatchGaussian``.
@@ -41,7 +41,7 @@ class OrthoAD(nn.Layer):
                               (w[:, :c1], w[:, c1:c1 + c2], w[:, c1 + c2:])):
             self.register_buffer(name, paddle.to_tensor(part.reshape(self.k, -1, 1, 1).copy()))
         self.head = AnomalyMapHead(self.input_size)
-        self.grid = self.input_size // 4
+        self.grid = -(-self.input_size // 4)      # ceil: stride-2 conv1, then stride-2 max-pool
         if mean is not None:
             self.set_gaussian(mean, precision)
 

@@ -88,3 +88,25 @@ def test_same_seed_gives_identical_statistics(demo_root, tmp_path):
     (_, a), (_, b) = load_model(paths[0]), load_model(paths[1])
     for name in ("projection", "mean", "precision"):
         np.testing.assert_array_equal(a[name], b[name])
+
+
+def test_degenerate_data_gives_defined_results(tmp_path):
+    """Constant training images, a test set without defects: finite model, n/a metrics."""
+    from PIL import Image
+
+    import train
+    root = tmp_path / "data" / "flat"
+    for sub in ("train/good", "test/good"):
+        (root / sub).mkdir(parents=True)
+    for i in range(4):
+        Image.new("RGB", (64, 64), (120, 120, 120)).save(root / "train" / "good" / f"{i}.png")
+    for i in range(2):
+        Image.new("RGB", (64, 64), (120, 120, 120 + i)).save(root / "test" / "good" / f"{i}.png")
+    args = train.get_args(["--data_path", str(tmp_path / "data"), "--k", "6", "--no-pretrained",
+                           "--resize", "64", "--crop_size", "64", "--save_path",
+                           str(tmp_path / "o"), "--eval", "--eval_PRO"])
+    row = train.main(args)[0]
+    assert row["image_auroc"] is None and row["pixel_auroc"] is None and row["au_pro"] is None
+    _, arrays = load_model(model_path(str(tmp_path / "o"), "ortho", "resnet18", 6, "flat"))
+    assert np.isfinite(arrays["precision"]).all()
+    assert engine.results_table([row]).count("n/a") == 6
