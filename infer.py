@@ -75,7 +75,7 @@ def read_deploy(args):
     return deploy
 
 
-class Engine:
+class Predictor:
     """A Paddle Inference predictor for the exported graph."""
 
     def __init__(self, args):
@@ -135,8 +135,7 @@ def main(args):
     pre = Preprocess.from_config(deploy["preprocess"])
     threshold = args.threshold if args.threshold is not None else \
         (deploy.get("threshold") or {}).get("image")
-    display = deploy.get("display") or {}
-    engine = Engine(args)
+    runner = Predictor(args)
     t_pre = t_inf = t_post = 0.0
     results = []
     for start in range(0, len(files), args.batch_size):
@@ -144,18 +143,16 @@ def main(args):
         t0 = time.perf_counter()
         x = np.stack([pre.image(load_rgb(f)) for f in batch])
         t1 = time.perf_counter()
-        maps, scores = engine.run(x)
+        maps, scores = runner.run(x)
         t2 = time.perf_counter()
         for f, xi, amap, score in zip(batch, x, maps, scores):
             row = {"path": f, "score": float(score), "verdict": visualize.verdict(score, threshold),
                    "map": amap}
             if args.save_pic:
-                vmin = display.get("vmin", float(amap.min()))
-                vmax = display.get("vmax", float(amap.max()))
+                vmin, vmax = visualize.display_range(deploy, amap)
                 row["picture"] = visualize.save_prediction(
                     args.save_path, f, pre.unnormalise(xi), amap, float(score), threshold,
-                    vmin if vmin is not None else float(amap.min()),
-                    vmax if vmax is not None else float(amap.max()))
+                    vmin, vmax)
             results.append(row)
             print(f"{f}\tscore {row['score']:.4f}\t{row['verdict']}")
         t_post += time.perf_counter() - t2
