@@ -117,9 +117,10 @@ class Predictor:
             self.predictor.run()
         except Exception as exc:
             if self.mkldnn:
-                raise UserError("oneDNN cannot run this graph with this Paddle version "
-                                f"({str(exc).strip().splitlines()[-1][:100]}): pass "
-                                "--enable_mkldnn=False") from None
+                import paddle
+                raise UserError(f"oneDNN cannot run this graph with Paddle {paddle.__version__} "
+                                f"({type(exc).__name__}; its exported interpolate is "
+                                "unsupported): pass --enable_mkldnn=False") from None
             raise
         outs = [o.copy_to_cpu() for o in self.outputs]
         amap = next(o for o in outs if o.ndim == 4)

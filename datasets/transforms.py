@@ -25,7 +25,10 @@ def _open(path):
     try:
         img = Image.open(path)
         img.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except UnidentifiedImageError:
+        raise UserError(f"cannot read image '{path}' (not an image format PIL recognises): "
+                        "replace or remove the file") from None
+    except (OSError, SyntaxError, ValueError) as exc:
         raise UserError(f"cannot read image '{path}' ({str(exc).splitlines()[0][:80]}): "
                         "replace or remove the file") from None
     return img
