@@ -137,7 +137,7 @@ def load_detector(path, expect=None, weights=None):
 
 
 def _progress(total, desc):
-    return tqdm(total=total, desc=desc, unit="img", leave=False, mininterval=1.0,
+    return tqdm(total=total, desc=desc, unit="img", leave=False, mininterval=1.0, disable=None,
                 dynamic_ncols=True)
 
 
