@@ -1,4 +1,4 @@
-"""Fitting and evaluation of one category, shared by train.py, eval.py and predict.py.
+"""Fitting, evaluation and export of one category, shared by the scripts.
 
 The scripts only parse flags and print; the work is done here (and the maths in ``models/``).
 """
@@ -22,7 +22,7 @@ from models.backbone import ARCHS, Backbone, feature_dim
 from models.gaussian import PatchGaussian
 from models.orthoad import OrthoAD
 from models.projection import PROJECTIONS, make_projection
-from utils import (UserError, atomic_path, ensure_dir, library_versions, load_model, model_path,
+from utils import (UserError, atomic_path, ensure_dir, library_versions, load_model,
                    save_model, sha256_file, str2bool, write_csv, write_json)
 
 logger = logging.getLogger(__name__)
@@ -391,8 +391,6 @@ def write_results(path, rows):
     return path
 
 
-def run_dir(save_path, method, arch, k):
-    return os.path.dirname(model_path(save_path, method, arch, k, "x"))
 
 
 

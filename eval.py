@@ -6,7 +6,8 @@ import logging
 import os
 import sys
 
-from utils import ArgumentParser, UserError, ensure_dir, model_path, run_cli  # first: quiets Paddle's import
+from utils import (ArgumentParser, UserError, ensure_dir, model_path, run_cli,  # first: quiets Paddle
+                   run_dir)
 import engine  # noqa: E402
 from datasets.mvtec import resolve_categories  # noqa: E402
 
@@ -34,7 +35,7 @@ def main(args):
     if args.model_path and len(categories) != 1:
         raise UserError("--model_path holds one category's model: pass --category NAME too")
     out_dir = ensure_dir(os.path.dirname(os.path.abspath(args.model_path)) if args.model_path
-                         else engine.run_dir(args.save_path, args.method, args.arch, args.k))
+                         else run_dir(args.save_path, args.method, args.arch, args.k))
     opts = engine.eval_options(args, out_dir)
     expect = {"method": args.method, "arch": args.arch, "k": args.k, "resize": args.resize,
               "crop_size": args.crop_size}

@@ -6,7 +6,8 @@ import logging
 import os
 import sys
 
-from utils import ArgumentParser, UserError, ensure_dir, model_path, run_cli  # first: quiets Paddle's import
+from utils import (ArgumentParser, UserError, ensure_dir, model_path, run_cli,  # first: quiets Paddle
+                   run_dir)
 import engine  # noqa: E402
 from datasets.mvtec import resolve_categories  # noqa: E402
 
@@ -33,7 +34,7 @@ def main(args):
     if args.eps <= 0:
         raise UserError(f"--eps {args.eps} must be positive")
     categories = resolve_categories(args.data_path, args.category)
-    out_dir = ensure_dir(engine.run_dir(args.save_path, args.method, args.arch, args.k))
+    out_dir = ensure_dir(run_dir(args.save_path, args.method, args.arch, args.k))
     backbone = engine.get_backbone(args.arch, args.pretrained, args.weights, args.seed)
     cfg = engine.FitConfig(args.method, args.arch, args.k, args.seed, args.resize,
                            args.crop_size, args.batch_size, args.eps, args.holdout)

@@ -203,9 +203,14 @@ def load_model(path, expect=None):
     return meta, {name: np.asarray(record[name], dtype=np.float32) for name in MODEL_ARRAYS}
 
 
+def run_dir(save_path, method, arch, k):
+    """The folder of one configuration's models and results."""
+    return os.path.join(save_path, f"{method}_{arch}_k{k}")
+
+
 def model_path(save_path, method, arch, k, category):
     """Where train.py writes (and eval.py / predict.py read) a category's model."""
-    return os.path.join(save_path, f"{method}_{arch}_k{k}", f"{category}.pdparams")
+    return os.path.join(run_dir(save_path, method, arch, k), f"{category}.pdparams")
 
 
 def sha256_file(path, block=1 << 22):
