@@ -9,7 +9,6 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
 
 from utils import atomic_path  # noqa: E402
 
@@ -67,13 +66,6 @@ def verdict(score, threshold):
     if threshold is None:
         return "unknown"
     return "anomalous" if score > threshold else "normal"
-
-
-def predicted_mask(amap, threshold):
-    """bool mask of the pixels above the threshold (empty when threshold is None)."""
-    if threshold is None:
-        return np.zeros(amap.shape, dtype=bool)
-    return amap > threshold
 
 
 def save_prediction(out_dir, image_path, image, amap, score, threshold, vmin, vmax):

@@ -51,3 +51,13 @@ function check_mode() {
     echo "test_tipc: error: unknown mode '$mode'; use one of: $VALID_MODES" >&2
     exit 2
 }
+
+# check_args CONFIG MODE: both given, the mode known, the config present (else exit 2).
+function check_args() {
+    local file=$1 mode=$2
+    check_mode "$mode"
+    if [ ! -f "$file" ]; then
+        echo "test_tipc: error: config '$file' does not exist" >&2
+        exit 2
+    fi
+}

@@ -6,8 +6,7 @@ set -uo pipefail
 source "$(dirname "$0")/common_func.sh"
 FILENAME=${1:?usage: prepare.sh CONFIG MODE}
 MODE=${2:?usage: prepare.sh CONFIG MODE}
-check_mode "$MODE"
-[ -f "$FILENAME" ] || { echo "test_tipc: error: config '$FILENAME' does not exist" >&2; exit 2; }
+check_args "$FILENAME" "$MODE"
 python=$(config_value "$FILENAME" 3 python) || exit 2
 raw=$(config_value "$FILENAME" 6 --data_path) || exit 2
 data_path=$(mode_value "$raw" "$MODE" "$FILENAME" 6) || exit 2

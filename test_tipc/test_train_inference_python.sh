@@ -8,8 +8,7 @@ set -uo pipefail
 source "$(dirname "$0")/common_func.sh"
 FILENAME=${1:?usage: test_train_inference_python.sh CONFIG MODE}
 MODE=${2:?usage: test_train_inference_python.sh CONFIG MODE}
-check_mode "$MODE"
-[ -f "$FILENAME" ] || { echo "test_tipc: error: config '$FILENAME' does not exist" >&2; exit 2; }
+check_args "$FILENAME" "$MODE"
 
 # ---- parse (each key is checked at its line; a misplaced or misspelled key is an error)
 v() { config_value "$FILENAME" "$1" "$2" || exit 2; }
