@@ -53,8 +53,9 @@ def add_model_args(parser, fitting):
         parser.add_argument("--crop_size", type=int, default=256, help="centre crop side")
         parser.add_argument("--eps", type=float, default=0.01, help="covariance ridge")
         parser.add_argument("--holdout", type=float, default=0.1,
-                            help="fraction of train/good held out to learn the threshold "
-                                 "(then added to the statistics); 0 disables the threshold")
+                            help="fraction of train/good (at most 32 images) held out to "
+                                 "learn the threshold, then added to the statistics; 0 disables "
+                                 "the threshold")
         flag_bool(parser, "--pretrained", True, "Paddle's ImageNet weights (downloaded on first "
                   "use); --no-pretrained or --pretrained=False: seeded random weights (tests)")
         parser.add_argument("--no-pretrained", dest="pretrained", action="store_false",
@@ -156,9 +157,12 @@ class FitConfig:
     holdout: float = 0.1
 
 
+MAX_HOLDOUT = 32   # held-out embeddings stay in memory until they join the sums: keep it bounded
+
+
 def _split_holdout(files, fraction, seed):
     n_hold = 0 if fraction <= 0 else max(1, int(round(fraction * len(files))))
-    n_hold = min(n_hold, len(files) - 2)
+    n_hold = min(n_hold, MAX_HOLDOUT, len(files) - 2)
     if n_hold <= 0:
         return files, []
     idx = np.random.default_rng(seed).permutation(len(files))
