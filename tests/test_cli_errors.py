@@ -258,12 +258,10 @@ CASES = {name[len("_case_"):]: fn for name, fn in sorted(globals().items())
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_bad_input_gives_one_line_error(case, base, tmp_path, monkeypatch):
     args, expected = CASES[case](base, tmp_path)
-    env_home = {}
     if case == "no_internet":   # empty weight cache and an unreachable proxy: a sure failure
-        env_home = {"HOME": str(tmp_path), "https_proxy": "http://127.0.0.1:9",
-                    "http_proxy": "http://127.0.0.1:9"}
-        for k, v in env_home.items():
-            monkeypatch.setenv(k, v)
+        monkeypatch.setenv("HOME", str(tmp_path))
+        monkeypatch.setenv("https_proxy", "http://127.0.0.1:9")
+        monkeypatch.setenv("http_proxy", "http://127.0.0.1:9")
     r = run_script(*args)
     err = r.stderr.strip()
     assert r.returncode == 2, (r.returncode, err[-2000:])

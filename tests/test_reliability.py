@@ -66,19 +66,13 @@ def test_ctrl_c_stops_cleanly_and_keeps_finished_categories(demo_root, tmp_path)
     assert load_model(str(save / "ortho_resnet18_k8" / "brick.pdparams"))[0]["n_train"] == 16
 
 
-def test_one_and_two_threads_agree(demo_root, tmp_path):
+def test_one_and_two_threads_agree(demo_root, tmp_path, monkeypatch):
     stats = []
     for threads in ("1", "2"):
-        env = {"OMP_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads,
-               "MKL_NUM_THREADS": threads}
-        old = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)
-        try:
-            r = run_script("train.py", "--data_path", demo_root, "--category", "gravel",
-                           "--save_path", str(tmp_path / threads), *SMALL)
-        finally:
-            for k, v in old.items():
-                os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+            monkeypatch.setenv(var, threads)
+        r = run_script("train.py", "--data_path", demo_root, "--category", "gravel",
+                       "--save_path", str(tmp_path / threads), *SMALL)
         assert r.returncode == 0, r.stderr[-2000:]
         stats.append(load_model(model_path(str(tmp_path / threads), "ortho", "resnet18", 8,
                                            "gravel"))[1])
