@@ -172,7 +172,7 @@ def _split_holdout(files, fraction, seed):
 
 
 def _embed_files(detector, files, preprocess, batch_size, desc):
-    """Yield projected embeddings [B, k, h, w] of image files, loading ahead in threads."""
+    """Yield projected embeddings [B, h*w, k] of image files, loading ahead in threads."""
     bar = _progress(len(files), desc)
     try:
         for batch in prefetch_batches(files, lambda f: preprocess.image(load_rgb(f)), batch_size):
@@ -219,22 +219,24 @@ def fit_category(data_path, category, cfg, backbone, out_file):
     finalize_s = 0.0
     threshold, display, scores = None, {"vmin": None, "vmax": None}, []
     if hold_files:
+        # score the held-out images under the Gaussian of the others by Cholesky solves (no
+        # provisional precision matrices), then let them join the statistics
+        held = np.concatenate([y.numpy() for y in _embed_files(
+            detector, hold_files, preprocess, cfg.batch_size, f"hold-out {category}")])
         t = time.perf_counter()
-        gauss.finalize()
+        dist = np.sqrt(np.maximum(gauss.squared_distances(held), 0.0)).astype(np.float32)
         finalize_s += time.perf_counter() - t
-        detector.set_gaussian(gauss.mean_, gauss.precision_)
-        held = list(_embed_files(detector, hold_files, preprocess, cfg.batch_size,
-                                 f"hold-out {category}"))
         with paddle.no_grad():
-            scored = [detector.score(y) for y in held]
+            scored = [detector.head_scores(paddle.to_tensor(
+                dist[i:i + cfg.batch_size]).reshape([-1, grid, grid]))
+                for i in range(0, len(dist), cfg.batch_size)]
         scores = np.concatenate([s.numpy() for _, s in scored])
         vmin = float(min(m.min().item() for m, _ in scored))
         threshold = threshold_rule(scores)
         display = {"vmin": vmin, "vmax": vmin + 2.0 * (threshold - vmin)}
-        del scored
-        detector = None          # frees its copy of the provisional Gaussian before the final one
-        for y in held:
-            gauss.partial_fit(y)
+        del scored, dist
+        gauss.partial_fit(held)
+        del held
     t = time.perf_counter()
     gauss.finalize()
     finalize_s += time.perf_counter() - t

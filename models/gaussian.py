@@ -14,31 +14,35 @@ Only sums are kept, never the N embeddings, so memory does not grow with N: the 
 S1 = sum(y - c) and S2 = sum((y - c)(y - c)^T), with c the first batch's mean, accumulated in
 float64 by in-place BLAS rank-B updates (dsyrk) over a bounded buffer of images; the shift keeps
 the final subtraction S2 - S1 S1^T / N well conditioned. The precision is the Cholesky-based inverse (LAPACK
-potrf + potri) in float64, stored as float32.
+potrf + potri) in float64, stored as float32. The per-position BLAS / LAPACK loops run on all
+cores (``models.linalg``).
 """
 import numpy as np
 import paddle
-from scipy.linalg import blas, lapack
 
 from utils import UserError
+
+from . import linalg
 
 
 class PatchGaussian:
     """Streaming per-position Gaussian, scikit-learn style (NumPy, on the CPU).
 
+    Embeddings are position-major: y [B, P, k] with P = h*w patch positions (``OrthoAD.embed``).
+
     Args:
         eps: ridge added to the diagonal of every covariance (0.01 in OrthoAD and PaDiM).
         buffer: images collected before one rank-``buffer`` update of the sums; a rank-B update
-            streams the whole [h*w, k, k] accumulator once, so a larger buffer costs fewer passes
-            (memory stays bounded: h*w*buffer*k*4 bytes).
+            streams the whole [P, k, k] accumulator once, so a larger buffer costs fewer passes
+            (memory stays bounded: P*buffer*k*4 bytes).
 
     Attributes (after ``finalize``):
-        mean_: float32 ndarray [h*w, k].
-        precision_: float32 ndarray [h*w, k, k], the inverse covariances.
+        mean_: float32 ndarray [P, k].
+        precision_: float32 ndarray [P, k, k], the inverse covariances.
         n_samples_seen_: number of training images N.
     """
 
-    def __init__(self, eps=0.01, buffer=64):
+    def __init__(self, eps=0.01, buffer=128):
         self.eps = float(eps)
         self.buffer = int(buffer)
         self.reset()
@@ -51,19 +55,18 @@ class PatchGaussian:
         return self
 
     def partial_fit(self, y):
-        """Accumulate a batch of embeddings y [B, k, h, w] (Tensor or ndarray). Returns self."""
+        """Accumulate a batch of embeddings y [B, P, k] (Tensor or ndarray). Returns self."""
         y = y.numpy() if isinstance(y, paddle.Tensor) else np.asarray(y)
-        b, k, h, w = y.shape
-        yp = y.reshape(b, k, h * w).transpose(2, 0, 1)                        # [hw, B, k] view
+        b, n_pos, k = y.shape
+        yp = y.transpose(1, 0, 2)                                  # [P, B, k] view, rows intact
         if self._shift is None:
-            self._shape = (k, h, w)
+            self._shape = (n_pos, k)
             self._shift = yp.mean(axis=1, dtype=np.float64).astype(np.float32)
-            self._s1 = np.zeros((h * w, k))
-            self._s2 = np.zeros((h * w, k, k))
-            self._buf = np.empty((h * w, self.buffer, k), dtype=np.float32)
-            self._scratch = np.empty((self.buffer, k))
-        elif (k, h, w) != self._shape:
-            raise ValueError(f"embedding shape {(k, h, w)} differs from the first batch's "
+            self._s1 = np.zeros((n_pos, k))
+            self._s2 = linalg.zeros((n_pos, k, k))
+            self._buf = linalg.zeros((n_pos, self.buffer, k), np.float32)
+        elif (n_pos, k) != self._shape:
+            raise ValueError(f"embedding shape {(n_pos, k)} differs from the first batch's "
                              f"{self._shape}")
         done = 0
         while done < b:
@@ -80,56 +83,62 @@ class PatchGaussian:
         return self
 
     def _flush(self):
-        """S2 += sum over buffered images of (y - c)(y - c)^T, one BLAS dsyrk per position."""
-        m = self._n_pending
-        if m == 0:
-            return
-        a = self._scratch[:m]
-        for p in range(self._buf.shape[0]):
-            # Fortran views avoid copies: a.T is [k, m] and C += a.T a.T^T; s2[p].T's 'lower'
-            # triangle is s2[p]'s upper triangle.
-            np.copyto(a, self._buf[p, :m])
-            blas.dsyrk(1.0, a.T, beta=1.0, c=self._s2[p].T, trans=0, lower=1, overwrite_c=1)
-        self._n_pending = 0
+        """S2 += sum over buffered images of (y - c)(y - c)^T (BLAS dsyrk per position)."""
+        if self._n_pending:
+            linalg.syrk_update(self._s2, self._buf, self._n_pending)
+            self._n_pending = 0
 
-    def covariance(self):
-        """float64 [h*w, k, k] regularised covariances (full symmetric; tests, diagnostics)."""
-        self._flush()
-        n = self.n_samples_seen_
-        upper = np.triu(self._s2)
-        s2 = upper + np.triu(upper, 1).transpose(0, 2, 1)
-        outer = self._s1[:, :, None] * self._s1[:, None, :] / n
-        return (s2 - outer) / (n - 1) + self.eps * np.eye(self._s1.shape[1])
-
-    def finalize(self):
-        """Compute ``mean_`` and ``precision_`` from the sums. Returns self."""
+    def _check_n(self):
         self._flush()
         n = self.n_samples_seen_
         if n < 2:
             raise UserError(f"a Gaussian needs at least 2 training images, got {n}: add images "
                             "to train/good")
-        hw, k = self._s1.shape
-        precision = np.empty((hw, k, k), dtype=np.float32)
-        ridge = self.eps * np.eye(k)
-        for p in range(hw):
-            # Only the upper triangle (C order) of s2[p] is filled, and only it is read:
-            # seen as a Fortran matrix (.T) it is the 'lower' triangle LAPACK works on.
-            s1 = self._s1[p]
-            cov = (self._s2[p] - np.outer(s1, s1 / n)) / (n - 1) + ridge
-            chol, info = lapack.dpotrf(cov.T, lower=1, clean=0, overwrite_a=1)
-            if info == 0:
-                inv, info = lapack.dpotri(chol, lower=1, overwrite_c=1)
-            if info != 0:
-                raise UserError(f"covariance at patch {p} is not positive definite (LAPACK info "
-                                f"{info}): increase --eps")
-            upper = np.triu(inv.T)
-            precision[p] = upper + np.triu(upper, 1).T
+        return n
+
+    def covariance(self):
+        """float64 [P, k, k] regularised covariances (full symmetric; tests, diagnostics)."""
+        n = self._check_n()
+        upper = np.triu(self._s2)
+        s2 = upper + np.triu(upper, 1).transpose(0, 2, 1)
+        outer = self._s1[:, :, None] * self._s1[:, None, :] / n
+        return (s2 - outer) / (n - 1) + self.eps * np.eye(self._s1.shape[1])
+
+    def _not_pd(self, exc):
+        return UserError(f"covariance at patch {exc.position} is not positive definite (LAPACK "
+                         f"info {exc.info}): increase --eps")
+
+    def finalize(self):
+        """Compute ``mean_`` and ``precision_`` from the sums. Returns self."""
+        n = self._check_n()
+        n_pos, k = self._s1.shape
+        precision = linalg.zeros((n_pos, k, k), np.float32)
+        try:
+            linalg.precision_from_sums(self._s1, self._s2, n, self.eps, precision)
+        except linalg.NotPositiveDefinite as exc:
+            raise self._not_pd(exc) from None
         self.mean_ = (self._shift + self._s1 / n).astype(np.float32)
         self.precision_ = precision
         return self
 
+    def squared_distances(self, y):
+        """Squared Mahalanobis distances [B, P] of embeddings y [B, P, k] under the Gaussian of the
+        images seen so far, without forming the precision matrices (Cholesky solves, float64).
+
+        Used to score held-out images cheaply: about a third of ``finalize``'s arithmetic.
+        """
+        n = self._check_n()
+        y = y.numpy() if isinstance(y, paddle.Tensor) else np.asarray(y)
+        mean = self._shift + self._s1 / n                                  # float64 [P, k]
+        d = y.transpose(1, 0, 2) - mean[:, None, :]                        # [P, B, k]
+        try:
+            q = linalg.quadratic_forms(self._s1, self._s2, n, self.eps, d)
+        except linalg.NotPositiveDefinite as exc:
+            raise self._not_pd(exc) from None
+        return q.T
+
     def fit(self, batches):
-        """Fit on an iterable of [B, k, h, w] batches. Returns self."""
+        """Fit on an iterable of [B, P, k] batches. Returns self."""
         self.reset()
         for y in batches:
             self.partial_fit(y)
@@ -140,14 +149,20 @@ def mahalanobis(y, mean, precision):
     """Mahalanobis distance of every patch to its position's Gaussian (Paddle, exportable).
 
     Args:
-        y: Tensor [B, k, h, w] of projected embeddings.
-        mean: Tensor [h*w, k].
-        precision: Tensor [h*w, k, k].
+        y: Tensor [B, P, k] of projected embeddings (position-major).
+        mean: Tensor [P, k].
+        precision: Tensor [P, k, k].
 
     Returns:
-        Tensor [B, h, w] of distances sqrt(max(0, d^T P d)).
+        Tensor [B, P] of distances sqrt(max(0, d^T P d)).
     """
-    b, k, h, w = y.shape
-    d = y.reshape([b, k, h * w]).transpose([2, 0, 1]) - mean.unsqueeze(1)   # [hw, B, k]
-    q = (paddle.matmul(d, precision) * d).sum(axis=-1)                       # [hw, B]
-    return q.clip(min=0.0).sqrt().transpose([1, 0]).reshape([b, h, w])
+    n_pos, k = mean.shape
+    d = (y - mean).reshape([-1, k])                                          # [B*P, k]
+    # reorder rows to [P, B, k] for one batched matmul per position; a gather of whole rows is
+    # several times faster on the CPU than Paddle's strided transpose of the same tensor
+    b = paddle.shape(y)[0]
+    rows = (paddle.arange(n_pos, dtype="int64").unsqueeze(1)
+            + paddle.arange(b, dtype="int64").unsqueeze(0) * n_pos).flatten()
+    d = paddle.gather(d, rows).reshape([n_pos, -1, k])                       # [P, B, k]
+    q = (paddle.matmul(d, precision) * d).sum(axis=-1)                       # [P, B]
+    return q.clip(min=0.0).sqrt().transpose([1, 0])

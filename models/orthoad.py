@@ -36,10 +36,9 @@ class OrthoAD(nn.Layer):
         # y = W^T [f1 | up(f2) | up(f3)] = W1^T f1 + up(W2^T f2) + up(W3^T f3): nearest upsampling
         # commutes with a channel projection, so project each layer at its own resolution
         # (about 4x fewer multiply-adds than projecting the concatenation).
-        w = projection.T.copy()                                   # [k, F]
-        for name, part in zip(("w1", "w2", "w3"),
-                              (w[:, :c1], w[:, c1:c1 + c2], w[:, c1 + c2:])):
-            self.register_buffer(name, paddle.to_tensor(part.reshape(self.k, -1, 1, 1).copy()))
+        for name, part in zip(("w1", "w2", "w3"), (projection[:c1], projection[c1:c1 + c2],
+                                                   projection[c1 + c2:])):
+            self.register_buffer(name, paddle.to_tensor(part.astype("float32")))
         self.head = AnomalyMapHead(self.input_size)
         self.grid = -(-self.input_size // 4)      # ceil: stride-2 conv1, then stride-2 max-pool
         if mean is not None:
@@ -57,16 +56,31 @@ class OrthoAD(nn.Layer):
         self.register_buffer("precision", precision)
 
     def embed(self, x):
-        """x [B, 3, S, S] normalised images -> projected embeddings y [B, k, h, w]."""
-        f1, f2, f3 = self.backbone(x)
-        size = list(f1.shape[2:])
-        y = F.conv2d(f1, self.w1)
-        y = y + upsample_nearest(F.conv2d(f2, self.w2), size)
-        return y + upsample_nearest(F.conv2d(f3, self.w3), size)
+        """x [B, 3, S, S] normalised images -> projected embeddings y [B, h*w, k].
+
+        Position-major (channels last): the Gaussian statistics and the Mahalanobis distance work
+        on whole k-vectors per position, and the projection's matrix product writes this layout
+        directly (no transpose of the k x h x w embedding).
+        """
+        ys = [_project(f, w) for f, w in zip(self.backbone(x), (self.w1, self.w2, self.w3))]
+        y1, y2, y3 = ys                                                   # [B, h_i, w_i, k]
+        size = list(y1.shape[1:3])
+        if all(s % t == 0 for s, t in zip(size, y2.shape[1:3])) and \
+                all(s % t == 0 for s, t in zip(y2.shape[1:3], y3.shape[1:3])):
+            # integer factors: add layer3 at layer2's resolution first (one upsampling fewer)
+            y = y1 + upsample_nearest(y2 + upsample_nearest(y3, list(y2.shape[1:3])), size)
+        else:
+            y = y1 + upsample_nearest(y2, size) + upsample_nearest(y3, size)
+        return y.reshape([-1, size[0] * size[1], self.k])
 
     def score(self, y):
-        """Projected embeddings y [B, k, h, w] -> (anomaly_map [B, 1, S, S], image_score [B])."""
-        amap = self.head(mahalanobis(y, self.mean, self.precision))
+        """Projected embeddings y [B, h*w, k] -> (anomaly_map [B, 1, S, S], image_score [B])."""
+        dist = mahalanobis(y, self.mean, self.precision).reshape([-1, self.grid, self.grid])
+        return self.head_scores(dist)
+
+    def head_scores(self, dist):
+        """Patch distances [B, h, w] -> (anomaly_map [B, 1, S, S], image_score [B])."""
+        amap = self.head(dist)
         return amap, amap.flatten(1).max(axis=1)
 
     def forward(self, x):
@@ -74,16 +88,25 @@ class OrthoAD(nn.Layer):
         return self.score(self.embed(x))
 
 
-def upsample_nearest(y, size):
-    """Nearest-neighbour upsampling of y [B, k, h, w] to ``size`` [H, W].
+def _project(f, w):
+    """Backbone features f [B, C, h, w] and W_i [C, k] -> W_i^T f, channels last [B, h, w, k]."""
+    _, c, h, wd = f.shape
+    return paddle.matmul(f.reshape([-1, c, h * wd]), w, transpose_x=True).reshape(
+        [-1, h, wd, w.shape[1]])
 
-    For integer factors (input side a multiple of 16) each value is repeated with expand +
-    reshape, about 5x faster than Paddle's CPU nearest_interp kernel and identical to it;
-    other sizes use ``F.interpolate``.
+
+def upsample_nearest(y, size):
+    """Nearest-neighbour upsampling of channels-last y [B, h, w, k] to ``size`` [H, W].
+
+    For integer factors each k-vector is repeated with expand + reshape (whole rows copied, much
+    faster than Paddle's CPU nearest_interp kernel, identical to it); other sizes use
+    ``F.interpolate`` in NHWC.
     """
-    _, k, h, w = y.shape
+    _, h, w, k = y.shape
     fh, fw = size[0] // h, size[1] // w
     if [h * fh, w * fw] != list(size):
-        return F.interpolate(y, size=size, mode="nearest")
-    y = y.unsqueeze(-1).expand([-1, k, h, w, fw]).reshape([-1, k, h, w * fw])
-    return y.unsqueeze(3).expand([-1, k, h, fh, w * fw]).reshape([-1, k, h * fh, w * fw])
+        return F.interpolate(y, size=size, mode="nearest", data_format="NHWC")
+    if fh == fw == 1:
+        return y
+    y = y.unsqueeze(3).expand([-1, h, w, fw, k]).reshape([-1, h, w * fw, k])
+    return y.unsqueeze(2).expand([-1, h, fh, w * fw, k]).reshape([-1, h * fh, w * fw, k])

@@ -14,9 +14,9 @@ from utils import UserError
 
 
 def _two_pass(y):
-    """float64 two-pass mean and covariance per position: y [N, k, h, w]."""
-    n, k, h, w = y.shape
-    yp = y.reshape(n, k, h * w).transpose(2, 0, 1).astype(np.float64)
+    """float64 two-pass mean and covariance per position: y [N, P, k]."""
+    n, _, k = y.shape
+    yp = y.transpose(1, 0, 2).astype(np.float64)
     mu = yp.mean(axis=1)
     c = yp - mu[:, None]
     return mu, np.einsum("pnk,pnl->pkl", c, c) / (n - 1) + 0.01 * np.eye(k)
@@ -25,8 +25,8 @@ def _two_pass(y):
 def test_streaming_gaussian_matches_two_pass_float64():
     rng = np.random.default_rng(0)
     # large offset, small spread: naive float32 sums of squares would lose the variance
-    y = (1000.0 + rng.standard_normal((37, 12, 4, 5))).astype(np.float32)
-    g = PatchGaussian(eps=0.01)
+    y = (1000.0 + rng.standard_normal((37, 20, 12))).astype(np.float32)
+    g = PatchGaussian(eps=0.01, buffer=16)     # several flushes, one partly filled
     for i in range(0, 37, 8):            # uneven last batch
         g.partial_fit(y[i:i + 8])
     g.finalize()
@@ -40,22 +40,21 @@ def test_streaming_gaussian_matches_two_pass_float64():
 
 def test_mahalanobis_matches_per_position_scipy():
     rng = np.random.default_rng(1)
-    y = rng.standard_normal((20, 6, 3, 3)).astype(np.float32)
+    y = rng.standard_normal((20, 9, 6)).astype(np.float32)
     g = PatchGaussian().fit([y[:10], y[10:]])
-    test = rng.standard_normal((2, 6, 3, 3)).astype(np.float32) * 3
+    test = rng.standard_normal((2, 9, 6)).astype(np.float32) * 3
     d = mahalanobis(paddle.to_tensor(test), paddle.to_tensor(g.mean_),
                     paddle.to_tensor(g.precision_)).numpy()
     mu, cov = _two_pass(y)
     vi = np.linalg.inv(cov)
     for b in range(2):
         for p in range(9):
-            i, j = divmod(p, 3)
-            ref = scipy_mahalanobis(test[b, :, i, j], mu[p], vi[p])
-            assert d[b, i, j] == pytest.approx(ref, rel=1e-4)
+            ref = scipy_mahalanobis(test[b, p], mu[p], vi[p])
+            assert d[b, p] == pytest.approx(ref, rel=1e-4)
 
 
 def test_fewer_images_than_k_gives_finite_precision():
-    y = np.random.default_rng(2).standard_normal((5, 100, 2, 2)).astype(np.float32)
+    y = np.random.default_rng(2).standard_normal((5, 4, 100)).astype(np.float32)
     g = PatchGaussian().fit([y])
     assert np.isfinite(g.precision_).all()
     d = mahalanobis(paddle.to_tensor(y), paddle.to_tensor(g.mean_), paddle.to_tensor(g.precision_))
@@ -63,7 +62,7 @@ def test_fewer_images_than_k_gives_finite_precision():
 
 
 def test_gaussian_needs_two_images():
-    g = PatchGaussian().partial_fit(np.zeros((1, 3, 2, 2), dtype=np.float32))
+    g = PatchGaussian().partial_fit(np.zeros((1, 4, 3), dtype=np.float32))
     with pytest.raises(UserError, match="at least 2"):
         g.finalize()
 
@@ -110,17 +109,23 @@ def test_head_upsamples_bilinearly_with_half_pixel_centres():
     np.testing.assert_allclose(out, gaussian_filter(ref, sigma=4), atol=1e-4)
 
 
-def test_per_layer_projection_equals_projecting_the_concatenation():
+@pytest.mark.parametrize("size", [64, 72])       # 72: grids 18 / 9 / 5, non-integer factors
+def test_per_layer_projection_equals_projecting_the_concatenation(size):
     bb = Backbone("resnet18", pretrained=False, seed=0)
     w = make_projection("ortho", 448, 16, seed=0)
-    det = OrthoAD(bb, w, 64)
-    x = paddle.to_tensor(np.random.default_rng(6).standard_normal((2, 3, 64, 64)).astype("float32"))
+    det = OrthoAD(bb, w, size)
+    x = paddle.to_tensor(np.random.default_rng(6).standard_normal((2, 3, size, size))
+                         .astype("float32"))
     with paddle.no_grad():
-        f1, f2, f3 = (f.numpy() for f in bb(x))
+        f1, f2, f3 = bb(x)
         y = det.embed(x).numpy()
-    up = lambda f, s: f.repeat(s, axis=2).repeat(s, axis=3)  # nearest upsampling  # noqa: E731
-    emb = np.concatenate([f1, up(f2, 2), up(f3, 4)], axis=1)    # [B, 448, 16, 16]
-    ref = np.einsum("bfhw,fk->bkhw", emb.astype(np.float64), w.astype(np.float64))
+        g = f1.shape[2]
+        up = [paddle.nn.functional.interpolate(f, size=[g, g], mode="nearest").numpy()
+              for f in (f2, f3)]
+    emb = np.concatenate([f1.numpy()] + up, axis=1)                # [B, 448, g, g]
+    ref = np.einsum("bfhw,fk->bhwk", emb.astype(np.float64), w.astype(np.float64))
+    ref = ref.reshape(2, g * g, 16)                                # [B, P, k], position-major
+    assert g == det.grid
     np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4)
 
 
@@ -142,5 +147,6 @@ def test_missing_weights_file_is_a_user_error(tmp_path):
 def test_upsample_nearest_equals_paddle_interpolate(size, target):
     from models.orthoad import upsample_nearest
     y = paddle.randn([2, 3, *size])
-    ref = paddle.nn.functional.interpolate(y, size=target, mode="nearest")
-    np.testing.assert_array_equal(upsample_nearest(y, target).numpy(), ref.numpy())
+    ref = paddle.nn.functional.interpolate(y, size=target, mode="nearest").numpy()
+    out = upsample_nearest(y.transpose([0, 2, 3, 1]), target).numpy()      # channels last
+    np.testing.assert_array_equal(out, ref.transpose(0, 2, 3, 1))
