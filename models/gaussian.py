@@ -130,12 +130,10 @@ class PatchGaussian:
         n = self._check_n()
         y = y.numpy() if isinstance(y, paddle.Tensor) else np.asarray(y)
         mean = self._shift + self._s1 / n                                  # float64 [P, k]
-        d = y.transpose(1, 0, 2) - mean[:, None, :]                        # [P, B, k]
         try:
-            q = linalg.quadratic_forms(self._s1, self._s2, n, self.eps, d)
+            return linalg.quadratic_forms(self._s1, self._s2, n, self.eps, y, mean)
         except linalg.NotPositiveDefinite as exc:
             raise self._not_pd(exc) from None
-        return q.T
 
     def fit(self, batches):
         """Fit on an iterable of [B, P, k] batches. Returns self."""

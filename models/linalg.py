@@ -204,35 +204,39 @@ def precision_from_sums(s1, s2, n, eps, out, threads=None):
     return out
 
 
-def quadratic_forms(s1, s2, n, eps, d, threads=None):
-    """q[p, j] = d[p, j]^T Sigma_p^-1 d[p, j] without forming the inverse (dpotrf + dpotrs).
+def quadratic_forms(s1, s2, n, eps, y, mean, threads=None):
+    """q[j, p] = d^T Sigma_p^-1 d with d = y[j, p] - mean[p], without forming the inverse
+    (dpotrf + dpotrs, float64); the deviations are formed per position, never all at once.
 
     Args:
         s1, s2, n, eps: the shifted sums as in ``precision_from_sums``.
-        d: float64 [P, J, k] deviations from the position means.
+        y: [J, P, k] embeddings (any float dtype).
+        mean: float64 [P, k] position means.
 
     Returns:
-        float64 [P, J].
+        float64 [J, P].
     """
     n_pos, k = s1.shape
-    n_rhs = d.shape[1]
+    n_rhs = y.shape[0]
     q = np.empty((n_pos, n_rhs))
     ridge = eps * np.eye(k)
 
     def run(lo, hi):
         cov = np.empty((k, k))
+        d = np.empty((n_rhs, k))
         x = np.empty((n_rhs, k))
         ints = _Ints(n=k, nrhs=n_rhs, info=0)
         i = ints.addr
         for p in range(lo, hi):
             _covariance(s1, s2, p, n, ridge, cov)
+            np.subtract(y[:, p], mean[p], out=d)
             if _ROUTINES is None:
                 chol, info = lapack.dpotrf(cov.T, lower=1, clean=0, overwrite_a=1)
                 if info == 0:
-                    sol, info = lapack.dpotrs(chol, d[p].T, lower=1)
+                    sol, info = lapack.dpotrs(chol, d.T, lower=1)
                     np.copyto(x, sol.T)
             else:
-                np.copyto(x, d[p])
+                np.copyto(x, d)
                 _ROUTINES["dpotrf"](_LOWER, i["n"], cov.ctypes.data, i["n"], i["info"])
                 if ints.value("info") == 0:
                     # Fortran B = x seen as k x J (ldb = k): solves Sigma X = B in place
@@ -241,7 +245,7 @@ def quadratic_forms(s1, s2, n, eps, d, threads=None):
                 info = ints.value("info")
             if info != 0:
                 raise NotPositiveDefinite(p, info)
-            q[p] = np.einsum("jk,jk->j", d[p], x)
+            q[p] = np.einsum("jk,jk->j", d, x)
 
     for_positions(run, n_pos, threads)
-    return q
+    return q.T

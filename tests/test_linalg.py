@@ -48,9 +48,11 @@ def test_precision_and_quadratic_forms_match_numpy_inverse(path, threads):
     inv = np.linalg.inv(cov)
     np.testing.assert_allclose(out, inv, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(out, out.transpose(0, 2, 1))
-    d = rng.standard_normal((150, 5, 7))
-    q = linalg.quadratic_forms(s1, upper_only, 40, 0.01, d, threads=threads)
-    np.testing.assert_allclose(q, np.einsum("pjk,pkl,pjl->pj", d, inv, d), rtol=1e-10)
+    y = rng.standard_normal((5, 150, 7)).astype(np.float32)
+    mean = rng.standard_normal((150, 7))
+    q = linalg.quadratic_forms(s1, upper_only, 40, 0.01, y, mean, threads=threads)
+    d = y - mean
+    np.testing.assert_allclose(q, np.einsum("jpk,pkl,jpl->jp", d, inv, d), rtol=1e-10)
 
 
 def test_worker_errors_reach_the_caller(path):
