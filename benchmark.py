@@ -7,8 +7,9 @@ For every arch:k it reports: backbone-only images/s (stem + layer1..3: the bound
 and fit / backbone time (N and 4N images), the finalisation time, peak RSS of fits on N and 4N
 training images (separate processes), eval images/s without PRO, the share of scoring (projection,
 Mahalanobis, upsampling, blur) in a forward pass, and dygraph / Paddle Inference latency per
-image (batch 1 and 8, 1 and 2 threads). Once: AU-PRO time on --pro_maps maps. Weights are
-random (speed does not depend on them); the data is the generated demo texture.
+image (batch 1 and 8, 1 and 2 threads; Paddle Inference with and without oneDNN). Once: AU-PRO
+time on --pro_maps maps. Weights are random (speed does not depend on them); the data is the
+generated demo texture.
 """
 import json
 import os
@@ -113,12 +114,15 @@ def _fit_process(data, category, save, arch, k, size, batch):
         return json.loads(out.read().decode().strip().splitlines()[-1]), usage.ru_maxrss / 1024
 
 
-def _inference_latency(export_dir, threads, batch, x, runs):
+def _inference_latency(export_dir, threads, batch, x, runs, mkldnn):
     from paddle import inference
     cfg = inference.Config(os.path.join(export_dir, "model.json"),
                            os.path.join(export_dir, "model.pdiparams"))
     cfg.disable_gpu()
-    cfg.disable_mkldnn()
+    if mkldnn:
+        cfg.enable_mkldnn()
+    else:
+        cfg.disable_mkldnn()
     cfg.set_cpu_math_library_num_threads(threads)
     cfg.disable_glog_info()
     pred = inference.create_predictor(cfg)
@@ -184,8 +188,10 @@ def bench_config(arch, k, data, work, args):
             with paddle.no_grad():
                 dy = _median_time(lambda: det(xb)[1].numpy(), args.latency_runs) / batch
                 bbt = _median_time(lambda: bb(xb)[2].numpy(), args.latency_runs) / batch
-            inf = _inference_latency(export_dir, threads, batch, xs, args.latency_runs)
+            inf = _inference_latency(export_dir, threads, batch, xs, args.latency_runs, True)
+            nat = _inference_latency(export_dir, threads, batch, xs, args.latency_runs, False)
             lat[f"t{threads}_b{batch}"] = {"dygraph_ms": 1000 * dy, "inference_ms": 1000 * inf,
+                                           "inference_native_ms": 1000 * nat,
                                            "backbone_ms": 1000 * bbt}
     paddle.base.core.set_num_threads(os.cpu_count() or 1)
     res["latency"] = lat
@@ -231,12 +237,14 @@ def markdown(results, pro):
                      f"{r['eval_img_s']:.2f} | {r['scoring_pct_of_backbone']:.1f} | "
                      f"{r['au_pro_s_category']:.2f} |")
     lines += ["", "| arch | k | threads | batch | backbone ms/img | dygraph ms/img | "
-              "Paddle Inference ms/img |", "|---|---|---|---|---|---|---|"]
+              "Paddle Inference ms/img (oneDNN, default) | Paddle Inference ms/img (oneDNN off) |",
+              "|---|---|---|---|---|---|---|---|"]
     for r in results:
         for key, v in r["latency"].items():
             t, b = key[1:].split("_b")
             lines.append(f"| {r['arch']} | {r['k']} | {t} | {b} | {v['backbone_ms']:.1f} | "
-                         f"{v['dygraph_ms']:.1f} | {v['inference_ms']:.1f} |")
+                         f"{v['dygraph_ms']:.1f} | {v['inference_ms']:.1f} | "
+                         f"{v['inference_native_ms']:.1f} |")
     lines += ["", f"AU-PRO on {pro['maps']} maps of {pro['size']}x{pro['size']} px: "
                   f"{pro['seconds']:.2f} s"]
     return "\n".join(lines)

@@ -36,8 +36,8 @@ def get_args(argv=None):
     p.add_argument("--use_gpu", type=str2bool, default=False, help="run on GPU 0")
     p.add_argument("--batch_size", type=positive_int, default=1, help="images per run")
     p.add_argument("--cpu_threads", type=positive_int, default=2, help="CPU math threads")
-    p.add_argument("--enable_mkldnn", type=str2bool, default=False,
-                   help="oneDNN on CPU (fails on Paddle 3.3.1's exported interpolate)")
+    p.add_argument("--enable_mkldnn", type=str2bool, default=True,
+                   help="oneDNN kernels on CPU (about 1.5-2.5x faster than Paddle's own)")
     p.add_argument("--precision", type=str, default="fp32", choices=["fp32", "fp16", "int8"],
                    help="only fp32: the Mahalanobis head needs float32")
     p.add_argument("--threshold", type=float, default=None, help="override deploy.json's")
@@ -119,8 +119,8 @@ class Predictor:
             if self.mkldnn:
                 import paddle
                 raise UserError(f"oneDNN cannot run this graph with Paddle {paddle.__version__} "
-                                f"({type(exc).__name__}; its exported interpolate is "
-                                "unsupported): pass --enable_mkldnn=False") from None
+                                f"({type(exc).__name__}: {str(exc).strip()[:100]}): pass "
+                                "--enable_mkldnn=False") from None
             raise
         outs = [o.copy_to_cpu() for o in self.outputs]
         amap = next(o for o in outs if o.ndim == 4)

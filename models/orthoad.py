@@ -6,9 +6,9 @@ h x w the layer1 patch grid (ceil(S/4) x ceil(S/4)).
 Every way of running a model (evaluation, predict.py, the exported static graph used by infer.py)
 calls ``OrthoAD.forward``; fitting calls ``OrthoAD.embed`` and ``models.gaussian.PatchGaussian``.
 """
+import numpy as np
 import paddle
 import paddle.nn as nn
-import paddle.nn.functional as F
 
 from .gaussian import mahalanobis
 from .postprocess import AnomalyMapHead
@@ -39,8 +39,8 @@ class OrthoAD(nn.Layer):
         for name, part in zip(("w1", "w2", "w3"), (projection[:c1], projection[c1:c1 + c2],
                                                    projection[c1 + c2:])):
             self.register_buffer(name, paddle.to_tensor(part.astype("float32")))
-        self.head = AnomalyMapHead(self.input_size)
         self.grid = -(-self.input_size // 4)      # ceil: stride-2 conv1, then stride-2 max-pool
+        self.head = AnomalyMapHead(self.input_size, self.grid)
         if mean is not None:
             self.set_gaussian(mean, precision)
 
@@ -98,15 +98,25 @@ def _project(f, w):
 def upsample_nearest(y, size):
     """Nearest-neighbour upsampling of channels-last y [B, h, w, k] to ``size`` [H, W].
 
-    For integer factors each k-vector is repeated with expand + reshape (whole rows copied, much
-    faster than Paddle's CPU nearest_interp kernel, identical to it); other sizes use
-    ``F.interpolate`` in NHWC.
+    Same result as ``F.interpolate(mode="nearest")`` (source index floor(i * h / H)). Integer
+    factors repeat each k-vector with expand + reshape (whole rows copied, much faster than
+    Paddle's CPU nearest_interp kernel); other sizes gather rows and columns by index. Neither
+    uses an interpolate op, so the exported graph also runs under oneDNN.
     """
     _, h, w, k = y.shape
     fh, fw = size[0] // h, size[1] // w
     if [h * fh, w * fw] != list(size):
-        return F.interpolate(y, size=size, mode="nearest", data_format="NHWC")
+        rows = paddle.to_tensor(_nearest_index(h, size[0]))
+        cols = paddle.to_tensor(_nearest_index(w, size[1]))
+        return paddle.index_select(paddle.index_select(y, rows, axis=1), cols, axis=2)
     if fh == fw == 1:
         return y
     y = y.unsqueeze(3).expand([-1, h, w, fw, k]).reshape([-1, h, w * fw, k])
     return y.unsqueeze(2).expand([-1, h, fh, w * fw, k]).reshape([-1, h * fh, w * fw, k])
+
+
+def _nearest_index(n_in, n_out):
+    """Source index of each output row, computed as Paddle's (and PyTorch's) nearest kernel does:
+    float32 ratio n_in / n_out times the output index, truncated."""
+    ratio = np.float32(n_in) / np.float32(n_out)
+    return (ratio * np.arange(n_out, dtype=np.float32)).astype(np.int64)

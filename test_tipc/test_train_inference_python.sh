@@ -74,6 +74,7 @@ model_file="${export_dir}/model.json"
 IFS='|' read -r -a gpus <<< "$infer_use_gpu"
 IFS='|' read -r -a threads <<< "$infer_threads"
 IFS='|' read -r -a batches <<< "$infer_batch"
+IFS='|' read -r -a mkldnns <<< "$infer_mkldnn"
 for use_gpu in "${gpus[@]}"; do
     if [ "$use_gpu" == "True" ]; then
         if ! gpu_available; then
@@ -81,15 +82,19 @@ for use_gpu in "${gpus[@]}"; do
             continue
         fi
         thread_list=("1")
+        mkldnn_list=("False")
     else
         thread_list=("${threads[@]}")
+        mkldnn_list=("${mkldnns[@]}")
     fi
+    for mk in "${mkldnn_list[@]}"; do
     for t in "${thread_list[@]}"; do
         for bs in "${batches[@]}"; do
-            tag="infer_gpu_${use_gpu}_threads_${t}_bs_${bs}"
-            run_step "$tag" "$python $inference --use_gpu=${use_gpu} --enable_mkldnn=${infer_mkldnn} --cpu_threads=${t} --batch_size=${bs} --precision=${infer_precision} --model_file=${model_file} --params_file=${export_dir}/model.pdiparams --stats=${export_dir}/deploy.json --input_file=${infer_input} --save_path=${LOG_PATH}/${tag} --enable_benchmark=${infer_benchmark}"
+            tag="infer_gpu_${use_gpu}_mkldnn_${mk}_threads_${t}_bs_${bs}"
+            run_step "$tag" "$python $inference --use_gpu=${use_gpu} --enable_mkldnn=${mk} --cpu_threads=${t} --batch_size=${bs} --precision=${infer_precision} --model_file=${model_file} --params_file=${export_dir}/model.pdiparams --stats=${export_dir}/deploy.json --input_file=${infer_input} --save_path=${LOG_PATH}/${tag} --enable_benchmark=${infer_benchmark}"
             grep -h "^benchmark:" "${LOG_PATH}/${tag}.log" | sed 's/^/    /'
         done
+    done
     done
 done
 

@@ -243,10 +243,6 @@ def _case_infer_wrong_category(base, tmp):
     return _infer(base, "--category", "grass"), "not 'grass'"
 
 
-def _case_infer_mkldnn(base, tmp):
-    return _infer(base, "--enable_mkldnn=True"), "--enable_mkldnn=False"
-
-
 def _case_infer_fp16(base, tmp):
     return _infer(base, "--precision", "fp16"), "use --precision fp32"
 

@@ -8,7 +8,7 @@ from skimage.transform import resize as sk_resize
 from models.backbone import Backbone
 from models.gaussian import PatchGaussian, mahalanobis
 from models.orthoad import OrthoAD
-from models.postprocess import AnomalyMapHead, GaussianBlur, gaussian_kernel1d
+from models.postprocess import AnomalyMapHead, bilinear_matrix, blur_matrix, gaussian_kernel1d
 from models.projection import make_projection
 from utils import UserError
 
@@ -86,27 +86,35 @@ def test_projection_rejects_bad_k_and_method():
         make_projection("pca", 448, 10, 0)
 
 
-def test_blur_matches_scipy_gaussian_filter():
-    rng = np.random.default_rng(4)
-    x = rng.random((2, 1, 70, 45)).astype(np.float32) * 10
-    out = GaussianBlur(4.0)(paddle.to_tensor(x)).numpy()
-    for b in range(2):
-        ref = gaussian_filter(x[b, 0].astype(np.float64), sigma=4)   # mode 'reflect', truncate 4
-        np.testing.assert_allclose(out[b, 0], ref, atol=1e-5)
+@pytest.mark.parametrize("shape", [(70, 45), (10, 7)])      # 7, 10 < radius 16: multiple folds
+def test_blur_matrix_matches_scipy_gaussian_filter(shape):
+    x = np.random.default_rng(4).random(shape) * 10
+    out = blur_matrix(shape[0]) @ x @ blur_matrix(shape[1]).T
+    np.testing.assert_allclose(out, gaussian_filter(x, sigma=4), atol=1e-12)  # 'reflect', 4.0
     assert len(gaussian_kernel1d(4.0)) == 33
 
 
-def test_head_upsamples_bilinearly_with_half_pixel_centres():
+@pytest.mark.parametrize("n_in,n_out", [(16, 64), (64, 256), (13, 50), (5, 18)])
+def test_bilinear_matrix_matches_paddle_and_skimage(n_in, n_out):
+    x = np.random.default_rng(5).random((n_in, n_in))
+    u = bilinear_matrix(n_out, n_in)
+    ref = sk_resize(x, (n_out, n_out), order=1, mode="edge", anti_aliasing=False)
+    np.testing.assert_allclose(u @ x @ u.T, ref, atol=1e-12)
+    pd = paddle.nn.functional.interpolate(paddle.to_tensor(x.astype("float32"))[None, None],
+                                          size=[n_out, n_out], mode="bilinear",
+                                          align_corners=False).numpy()[0, 0]
+    np.testing.assert_allclose(u @ x @ u.T, pd, atol=1e-5)
+
+
+def test_head_is_bilinear_upsampling_then_scipy_blur():
     rng = np.random.default_rng(5)
-    dist = rng.random((1, 16, 16)).astype(np.float32)
-    head = AnomalyMapHead(64)
-    up = paddle.nn.functional.interpolate(paddle.to_tensor(dist).unsqueeze(1), size=[64, 64],
-                                          mode="bilinear", align_corners=False).numpy()[0, 0]
-    ref = sk_resize(dist[0].astype(np.float64), (64, 64), order=1, mode="edge",
-                    anti_aliasing=False)
-    np.testing.assert_allclose(up, ref, atol=1e-5)
-    out = head(paddle.to_tensor(dist)).numpy()[0, 0]
-    np.testing.assert_allclose(out, gaussian_filter(ref, sigma=4), atol=1e-4)
+    dist = rng.random((2, 16, 16)).astype(np.float32)
+    out = AnomalyMapHead(64, 16)(paddle.to_tensor(dist)).numpy()
+    assert out.shape == (2, 1, 64, 64)
+    for b in range(2):
+        up = sk_resize(dist[b].astype(np.float64), (64, 64), order=1, mode="edge",
+                       anti_aliasing=False)
+        np.testing.assert_allclose(out[b, 0], gaussian_filter(up, sigma=4), atol=1e-5)
 
 
 @pytest.mark.parametrize("size", [64, 72])       # 72: grids 18 / 9 / 5, non-integer factors
@@ -143,7 +151,8 @@ def test_missing_weights_file_is_a_user_error(tmp_path):
 
 
 @pytest.mark.parametrize("size,target", [((8, 8), [16, 16]), ((4, 4), [16, 16]),
-                                         ((5, 5), [18, 18])])
+                                         ((5, 5), [18, 18]), ((14, 14), [54, 54]),
+                                         ((13, 27), [50, 54]), ((25, 25), [50, 50])])
 def test_upsample_nearest_equals_paddle_interpolate(size, target):
     from models.orthoad import upsample_nearest
     y = paddle.randn([2, 3, *size])
