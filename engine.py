@@ -221,8 +221,13 @@ def fit_category(data_path, category, cfg, backbone, out_file):
     if hold_files:
         # score the held-out images under the Gaussian of the others by Cholesky solves (no
         # provisional precision matrices), then let them join the statistics
-        held = np.concatenate([y.numpy() for y in _embed_files(
-            detector, hold_files, preprocess, cfg.batch_size, f"hold-out {category}")])
+        held, n_held = None, 0                     # filled in place: no list + concatenate copy
+        for y in _embed_files(detector, hold_files, preprocess, cfg.batch_size,
+                              f"hold-out {category}"):
+            if held is None:
+                held = np.empty((len(hold_files),) + tuple(y.shape[1:]), dtype=np.float32)
+            held[n_held:n_held + y.shape[0]] = y.numpy()
+            n_held += y.shape[0]
         t = time.perf_counter()
         dist = np.sqrt(np.maximum(gauss.squared_distances(held), 0.0)).astype(np.float32)
         finalize_s += time.perf_counter() - t

@@ -42,7 +42,7 @@ class PatchGaussian:
         n_samples_seen_: number of training images N.
     """
 
-    def __init__(self, eps=0.01, buffer=128):
+    def __init__(self, eps=0.01, buffer=64):
         self.eps = float(eps)
         self.buffer = int(buffer)
         self.reset()
