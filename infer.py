@@ -37,7 +37,7 @@ def get_args(argv=None):
     p.add_argument("--batch_size", type=positive_int, default=1, help="images per run")
     p.add_argument("--cpu_threads", type=positive_int, default=2, help="CPU math threads")
     p.add_argument("--enable_mkldnn", type=str2bool, default=True,
-                   help="oneDNN kernels on CPU (about 1.5-2.5x faster than Paddle's own)")
+                   help="oneDNN kernels on CPU (faster than Paddle's own; see README)")
     p.add_argument("--precision", type=str, default="fp32", choices=["fp32", "fp16", "int8"],
                    help="only fp32: the Mahalanobis head needs float32")
     p.add_argument("--threshold", type=float, default=None, help="override deploy.json's")
