@@ -249,3 +249,31 @@ def quadratic_forms(s1, s2, n, eps, y, mean, threads=None):
 
     for_positions(run, n_pos, threads)
     return q.T
+
+
+def _self_check(routines):
+    """The routines through ctypes agree with NumPy on a tiny problem (else they are not used)."""
+    try:
+        a = np.array([[1.0, 2.0, 0.5], [0.0, 1.0, 3.0]])              # m = 2 images, k = 3
+        c = np.eye(3)
+        ints = _Ints(n=3, m=2, info=0)
+        i = ints.addr
+        one = ctypes.addressof(_ONE)
+        routines["dsyrk"](_LOWER, _NOTRANS, i["n"], i["m"], one, a.ctypes.data, i["n"], one,
+                          c.ctypes.data, i["n"])
+        full = np.eye(3) + a.T @ a
+        if not np.allclose(np.triu(c), np.triu(full)):
+            return False
+        routines["dpotrf"](_LOWER, i["n"], c.ctypes.data, i["n"], i["info"])
+        if ints.value("info") != 0:
+            return False
+        routines["dpotri"](_LOWER, i["n"], c.ctypes.data, i["n"], i["info"])
+        upper = np.triu(c)
+        return ints.value("info") == 0 and np.allclose(upper + np.triu(upper, 1).T,
+                                                        np.linalg.inv(full))
+    except Exception:  # noqa: BLE001
+        return False
+
+
+if _ROUTINES is not None and not _self_check(_ROUTINES):
+    _ROUTINES = None

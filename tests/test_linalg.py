@@ -89,3 +89,11 @@ def test_large_arrays_come_zeroed_and_writable():
     assert not a[::97, ::101, ::103].any()
     a[8, -1, -1] = 3.0
     assert a.sum() == 3.0
+
+
+def test_self_check_rejects_routines_that_compute_nothing():
+    if linalg._ROUTINES is None:
+        pytest.skip("SciPy's cython_blas / cython_lapack pointers are unavailable")
+    assert linalg._self_check(linalg._ROUTINES)
+    noop = linalg.ctypes.CFUNCTYPE(None, *([linalg._P] * 10))(lambda *args: None)
+    assert not linalg._self_check(dict(linalg._ROUTINES, dsyrk=noop))
