@@ -49,20 +49,15 @@ def get_args(argv=None):
     return p.parse_args(argv)
 
 
-def _median_time(fn, runs):
-    fn()                                                        # warm-up
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return float(np.median(times))
-
-
 def _timed(fn):
     t = time.perf_counter()
     fn()
     return time.perf_counter() - t
+
+
+def _median_time(fn, runs):
+    fn()                                                        # warm-up
+    return float(np.median([_timed(fn) for _ in range(runs)]))
 
 
 def _fit_worker(data, category, save, arch, k, size, batch):

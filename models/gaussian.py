@@ -99,8 +99,7 @@ class PatchGaussian:
     def covariance(self):
         """float64 [P, k, k] regularised covariances (full symmetric; tests, diagnostics)."""
         n = self._check_n()
-        upper = np.triu(self._s2)
-        s2 = upper + np.triu(upper, 1).transpose(0, 2, 1)
+        s2 = linalg.symmetric_from_upper(self._s2)
         outer = self._s1[:, :, None] * self._s1[:, None, :] / n
         return (s2 - outer) / (n - 1) + self.eps * np.eye(self._s1.shape[1])
 

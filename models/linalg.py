@@ -155,6 +155,12 @@ def syrk_update(s2, buf, m, threads=None):
     for_positions(run, n_pos, threads)
 
 
+def symmetric_from_upper(a, out=None):
+    """Full symmetric matrices [..., k, k] from the upper triangle of ``a`` (lower part ignored)."""
+    upper = np.triu(a)
+    return np.add(upper, np.swapaxes(np.triu(upper, 1), -1, -2), out=out, casting="unsafe")
+
+
 def _covariance(s1, s2, p, n, ridge, out):
     """out (C-upper triangle) = regularised covariance at position p from the shifted sums."""
     np.multiply.outer(s1[p], s1[p] / n, out=out)
@@ -197,8 +203,7 @@ def precision_from_sums(s1, s2, n, eps, out, threads=None):
                 info, upper = ints.value("info"), cov
             if info != 0:
                 raise NotPositiveDefinite(p, info)
-            upper = np.triu(upper)
-            np.add(upper, np.triu(upper, 1).T, out=out[p], casting="unsafe")
+            symmetric_from_upper(upper, out=out[p])
 
     for_positions(run, n_pos, threads)
     return out
@@ -268,8 +273,7 @@ def _self_check(routines):
         if ints.value("info") != 0:
             return False
         routines["dpotri"](_LOWER, i["n"], c.ctypes.data, i["n"], i["info"])
-        upper = np.triu(c)
-        return ints.value("info") == 0 and np.allclose(upper + np.triu(upper, 1).T,
+        return ints.value("info") == 0 and np.allclose(symmetric_from_upper(c),
                                                         np.linalg.inv(full))
     except Exception:  # noqa: BLE001
         return False
