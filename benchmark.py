@@ -23,8 +23,14 @@ from utils import ArgumentParser, UserError, positive_int, run_cli, write_json  
 import numpy as np  # noqa: E402
 import paddle  # noqa: E402
 
-import engine  # noqa: E402
 import metrics  # noqa: E402
+from modelfile import load_model  # noqa: E402
+from models.backbone import ARCHS  # noqa: E402
+from pipeline import model as models_io  # noqa: E402
+from pipeline.backbones import get_backbone  # noqa: E402
+from pipeline.evaluate import EvalOptions, evaluate_category  # noqa: E402
+from pipeline.export import export  # noqa: E402
+from pipeline.fit import FitConfig, fit_category  # noqa: E402
 from datasets.synthetic import generate  # noqa: E402
 from utils import model_path  # noqa: E402
 
@@ -70,7 +76,7 @@ def _fit_worker(data, category, save, arch, k, size, batch):
     from datasets.mvtec import MVTecCategory, prefetch_batches
     from datasets.transforms import Preprocess, load_rgb
     k, size, batch = int(k), int(size), int(batch)
-    bb = engine.get_backbone(arch, False, None, 0)
+    bb = get_backbone(arch, False, None, 0)
     files = MVTecCategory(data, category).train_files()
     pre = Preprocess(size, size)
 
@@ -82,16 +88,18 @@ def _fit_worker(data, category, save, arch, k, size, batch):
         return time.perf_counter() - t
 
     before = backbone_pass()
-    t = time.perf_counter()
-    cfg = engine.FitConfig(arch=arch, k=k, resize=size, crop_size=size, batch_size=batch)
-    meta, _ = engine.fit_category(data, category, cfg, bb,
-                                  model_path(save, "ortho", arch, k, category))
-    with_save = time.perf_counter() - t
+    cfg = FitConfig(arch=arch, k=k, resize=size, crop_size=size, batch_size=batch)
+    model = fit_category(data, category, cfg, bb)
+    meta = model.meta
+    path = model_path(save, "ortho", arch, k, category)
+    save_s = _timed(lambda: model.save(path))
+    del model
+    load_s = _timed(lambda: load_model(path))
     after = backbone_pass()
     print(json.dumps({"backbone_s": (before + after) / 2, "backbone_before_s": before,
                       "backbone_after_s": after, "fit_s": meta["fit_seconds"],
                       "finalize_s": meta["finalize_seconds"],
-                      "save_s": with_save - meta["fit_seconds"]}))
+                      "save_s": save_s, "load_s": load_s}))
 
 
 def _fit_process(data, category, save, arch, k, size, batch):
@@ -136,7 +144,7 @@ def _inference_latency(export_dir, threads, batch, x, runs, mkldnn):
 def bench_config(arch, k, data, work, args):
     """All figures of one arch:k."""
     res = {"arch": arch, "k": k}
-    bb = engine.get_backbone(arch, False, None, 0)
+    bb = get_backbone(arch, False, None, 0)
     n, size = args.n_train, args.size
     x = paddle.randn([args.batch_size, 3, size, size])
 
@@ -147,13 +155,14 @@ def bench_config(arch, k, data, work, args):
                 "fit_over_backbone": fit_n["fit_s"] / fit_n["backbone_s"],
                 "fit_over_backbone_4N": fit_4n["fit_s"] / fit_4n["backbone_s"],
                 "finalize_s": fit_n["finalize_s"], "finalize_4N_s": fit_4n["finalize_s"],
-                "save_s": fit_n["save_s"], "fit_N": fit_n, "fit_4N": fit_4n,
+                "save_s": fit_n["save_s"], "load_s": fit_n["load_s"], "fit_N": fit_n,
+                "fit_4N": fit_4n,
                 "peak_rss_N_mib": rss_n, "peak_rss_4N_mib": rss_4n,
                 "rss_4N_over_N": rss_4n / rss_n})
 
-    model = engine.load_detector(model_path(save, "ortho", arch, k, "bench_n"))
-    row = engine.evaluate_category(model, data, "bench_n",
-                                   engine.EvalOptions(batch_size=args.batch_size, eval_pro=True))
+    model = models_io.load(model_path(save, "ortho", arch, k, "bench_n"))
+    row = evaluate_category(model, data, "bench_n",
+                            EvalOptions(batch_size=args.batch_size, eval_pro=True))
     res["eval_img_s"] = row["eval_img_per_s"]
     res["au_pro_s_category"] = row["pro_seconds"]
 
@@ -173,7 +182,7 @@ def bench_config(arch, k, data, work, args):
     res["scoring_pct_of_backbone"] = float(np.median(score_pct))
 
     export_dir = os.path.join(work, f"export_{arch}_{k}")
-    engine.export(model, export_dir)
+    export(model, export_dir)
     xs = np.random.default_rng(0).standard_normal((8, 3, size, size)).astype("float32")
     lat = {}
     for threads in (1, 2):
@@ -221,13 +230,15 @@ def _prepare_data(root, n, m, size):
 
 def markdown(results, pro):
     lines = ["| arch | k | backbone img/s | fit img/s | fit / backbone (N / 4N) | finalize s | "
-             "RSS N / 4N MiB | eval img/s | scoring % of backbone | AU-PRO s (category) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "save / load s | RSS N / 4N MiB | eval img/s | scoring % of backbone | "
+             "AU-PRO s (category) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         lines.append(f"| {r['arch']} | {r['k']} | {r['backbone_img_s']:.2f} | "
                      f"{r['fit_img_s']:.2f} | {r['fit_over_backbone']:.2f} / "
                      f"{r['fit_over_backbone_4N']:.2f} | "
-                     f"{r['finalize_s']:.1f} | {r['peak_rss_N_mib']:.0f} / "
+                     f"{r['finalize_s']:.1f} | {r['save_s']:.2f} / {r['load_s']:.2f} | "
+                     f"{r['peak_rss_N_mib']:.0f} / "
                      f"{r['peak_rss_4N_mib']:.0f} ({r['rss_4N_over_N']:.2f}x) | "
                      f"{r['eval_img_s']:.2f} | {r['scoring_pct_of_backbone']:.1f} | "
                      f"{r['au_pro_s_category']:.2f} |")
@@ -249,9 +260,9 @@ def main(args):
     configs = []
     for item in args.configs.split(","):
         arch, _, k = item.partition(":")
-        if not k.isdigit() or arch not in engine.ARCHS:
+        if not k.isdigit() or arch not in ARCHS:
             raise UserError(f"--configs entry '{item}' is not arch:k with arch in "
-                            f"{', '.join(sorted(engine.ARCHS))}: e.g. resnet18:100")
+                            f"{', '.join(sorted(ARCHS))}: e.g. resnet18:100")
         configs.append((arch, int(k)))
     work = args.work_dir or tempfile.mkdtemp(prefix="orthoad_bench_")
     data = os.path.join(work, "data")

@@ -1,6 +1,6 @@
 """Export a fitted model as one Paddle static graph (image -> anomaly map, image score).
 
-    python export_model.py --model_path output/ortho_resnet18_k100/brick.pdparams --save_dir output/export/brick
+    python export_model.py --model_path output/ortho_resnet18_k100/brick.safetensors --save_dir output/export/brick
 
 Writes model.json (or model.pdmodel with the legacy IR) + model.pdiparams, holding the backbone,
 projection, Gaussian, upsampling and blur, and deploy.json (pre-processing, thresholds, display
@@ -10,7 +10,9 @@ import logging
 import sys
 
 from utils import ArgumentParser, UserError, model_path, run_cli  # first: quiets Paddle
-import engine  # noqa: E402
+import cli  # noqa: E402
+from pipeline import model as models_io  # noqa: E402
+from pipeline.export import export  # noqa: E402
 
 logger = logging.getLogger("export")
 
@@ -20,7 +22,7 @@ def get_args(argv=None):
     p.add_argument("--model_path", type=str, default=None, help="the fitted model file")
     p.add_argument("--category", type=str, default=None,
                    help="instead of --model_path: the category under --save_path")
-    engine.add_model_args(p, fitting=False)
+    cli.add_model_args(p, fitting=False)
     p.add_argument("--save_dir", type=str, default="./output/export",
                    help="folder for model.json / model.pdiparams / deploy.json")
     return p.parse_args(argv)
@@ -32,8 +34,8 @@ def main(args):
     path = args.model_path or model_path(args.save_path, args.method, args.arch, args.k,
                                          args.category)
     expect = None if args.model_path else {"method": args.method, "arch": args.arch, "k": args.k}
-    model = engine.load_detector(path, expect, args.weights)
-    written = engine.export(model, args.save_dir)
+    model = models_io.load(path, expect, args.weights)
+    written = export(model, args.save_dir)
     print("exported " + ", ".join(written))
     return written
 

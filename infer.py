@@ -16,8 +16,9 @@ import time
 import numpy as np
 
 from utils import (ArgumentParser, UserError, positive_int, run_cli, sha256_file,  # first
-                   str2bool, write_csv)
+                   write_csv)
 from datasets.transforms import Preprocess, list_inputs, load_rgb  # noqa: E402
+from modelfile import is_pickle  # noqa: E402
 
 logger = logging.getLogger("infer")
 
@@ -33,17 +34,18 @@ def get_args(argv=None):
                    help="if given, must equal the exported model's category")
     p.add_argument("--save_path", type=str, default="./output/infer",
                    help="folder for figures and predictions.csv")
-    p.add_argument("--use_gpu", type=str2bool, default=False, help="run on GPU 0")
+    p.add_bool("--use_gpu", False, "run on GPU 0")
     p.add_argument("--batch_size", type=positive_int, default=1, help="images per run")
     p.add_argument("--cpu_threads", type=positive_int, default=2, help="CPU math threads")
-    p.add_argument("--enable_mkldnn", type=str2bool, default=True,
-                   help="oneDNN kernels on CPU (faster than Paddle's own; see README)")
-    p.add_argument("--precision", type=str, default="fp32", choices=["fp32", "fp16", "int8"],
-                   help="only fp32: the Mahalanobis head needs float32")
+    p.add_bool("--enable_mkldnn", True, "oneDNN kernels on CPU (faster than Paddle's own; see "
+               "README)")
+    p.add_argument("--precision", type=str, default="fp32", choices=["fp32"],
+                   help="fp32 only: the per-patch precision matrices need float32 (kept for "
+                        "TIPC's --precision flag)")
     p.add_argument("--threshold", type=float, default=None, help="override deploy.json's")
-    p.add_argument("--save_pic", type=str2bool, default=True, help="write a figure per image")
-    p.add_argument("--enable_benchmark", type=str2bool, default=False,
-                   help="print pre-process / inference / post-process times and peak RSS")
+    p.add_bool("--save_pic", True, "write a figure per image")
+    p.add_bool("--enable_benchmark", False,
+               "print pre-process / inference / post-process times and peak RSS")
     return p.parse_args(argv)
 
 
@@ -58,6 +60,11 @@ def read_deploy(args):
     if not os.path.isfile(stats):
         raise UserError(f"deploy file '{stats}' does not exist: pass --stats with the "
                         "deploy.json that export_model.py wrote")
+    for flag, path in (("--model_file", args.model_file), ("--params_file", args.params_file),
+                       ("--stats", stats)):
+        if is_pickle(path):
+            raise UserError(f"{flag} '{path}' is a Python pickle, which could run code when "
+                            "loaded: pass the files that export_model.py writes")
     try:
         with open(stats, encoding="utf-8") as fh:
             deploy = json.load(fh)
@@ -80,9 +87,6 @@ class Predictor:
 
     def __init__(self, args):
         from paddle import inference
-        if args.precision != "fp32":
-            raise UserError(f"--precision {args.precision} is not supported: the per-patch "
-                            "precision matrices need float32; use --precision fp32")
         config = inference.Config(args.model_file, args.params_file)
         if args.use_gpu:
             import paddle

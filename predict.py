@@ -7,9 +7,11 @@ import os
 import sys
 
 from utils import (ArgumentParser, UserError, model_path, run_cli, write_csv)  # first: quiets Paddle's import
-import engine  # noqa: E402
+import cli  # noqa: E402
 import visualize  # noqa: E402
 from datasets.transforms import list_inputs, load_rgb  # noqa: E402
+from pipeline import model as models_io  # noqa: E402
+from pipeline.evaluate import predict_batches  # noqa: E402
 
 logger = logging.getLogger("predict")
 
@@ -20,13 +22,14 @@ def get_args(argv=None):
     p.add_argument("input", type=str, help="an image file or a folder of images")
     p.add_argument("--category", type=str, default=None,
                    help="category whose model to use (<save_path>/<method>_<arch>_k<k>/<category>"
-                        ".pdparams)")
-    engine.add_model_args(p, fitting=False)
+                        ".safetensors)")
+    cli.add_model_args(p, fitting=False)
+    cli.add_run_args(p)
     p.add_argument("--model_path", type=str, default=None, help="a model file (instead of "
                    "--category)")
     p.add_argument("--threshold", type=float, default=None,
                    help="override the model's threshold (learned from held-out normal images)")
-    engine.flag_bool(p, "--save_pic", True, "write a figure per image")
+    p.add_bool("--save_pic", True, "write a figure per image")
     p.add_argument("--output", type=str, default=None,
                    help="output folder (default: <model folder>/predict/<category>)")
     return p.parse_args(argv)
@@ -34,7 +37,7 @@ def get_args(argv=None):
 
 def main(args):
     """Predict every input image; return a list of dicts (path, score, verdict, picture)."""
-    engine.check_common(args)
+    cli.check_common(args)
     if not args.model_path and not args.category:
         raise UserError("say which model to use: --category NAME (with --save_path, --method, "
                         "--arch, --k) or --model_path FILE")
@@ -42,7 +45,8 @@ def main(args):
     path = args.model_path or model_path(args.save_path, args.method, args.arch, args.k,
                                          args.category)
     expect = None if args.model_path else {"method": args.method, "arch": args.arch, "k": args.k}
-    model = engine.load_detector(path, expect, args.weights)
+    cli.apply_threads(args)
+    model = models_io.load(path, expect, args.weights)
     threshold = args.threshold if args.threshold is not None else model.threshold
     if threshold is None:
         logger.warning("the model has no threshold (fitted with --holdout 0): verdicts are "
@@ -51,7 +55,7 @@ def main(args):
                                           model.meta["category"])
     pre = model.preprocess
     results = []
-    for batch, maps, scores in engine.predict_batches(
+    for batch, maps, scores in predict_batches(
             model, files, lambda f: (pre.image(load_rgb(f)), f), args.batch_size, "predict"):
         for (x, f), amap, score in zip(batch, maps, scores):
             row = {"path": f, "score": float(score),

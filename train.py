@@ -8,8 +8,12 @@ import sys
 
 from utils import (ArgumentParser, UserError, ensure_dir, model_path, run_cli,  # first: quiets Paddle
                    run_dir)
-import engine  # noqa: E402
+import cli  # noqa: E402
 from datasets.mvtec import resolve_categories  # noqa: E402
+from pipeline.backbones import get_backbone  # noqa: E402
+from pipeline.evaluate import eval_options, evaluate_category  # noqa: E402
+from pipeline.fit import FitConfig, fit_category  # noqa: E402
+from pipeline.results import results_table, write_results  # noqa: E402
 
 logger = logging.getLogger("train")
 
@@ -20,38 +24,41 @@ def get_args(argv=None):
     p.add_argument("--data_path", type=str, required=True, help="MVTec-layout data root")
     p.add_argument("--category", type=str, default="all",
                    help="all, textures, objects, or a category folder name")
-    engine.add_model_args(p, fitting=True)
-    engine.flag_bool(p, "--eval", False, "evaluate each category on its test set after fitting")
-    engine.add_eval_args(p)
+    cli.add_model_args(p, fitting=True)
+    cli.add_run_args(p)
+    p.add_bool("--eval", False, "evaluate each category on its test set after fitting")
+    cli.add_eval_args(p)
     return p.parse_args(argv)
 
 
 def main(args):
     """Fit (and with --eval evaluate) every selected category; return the result rows."""
-    engine.check_common(args)
+    cli.check_common(args)
     if not 0 <= args.holdout < 1:
         raise UserError(f"--holdout {args.holdout} must be in [0, 1)")
     if args.eps <= 0:
         raise UserError(f"--eps {args.eps} must be positive")
     categories = resolve_categories(args.data_path, args.category)
     out_dir = ensure_dir(run_dir(args.save_path, args.method, args.arch, args.k))
-    backbone = engine.get_backbone(args.arch, args.pretrained, args.weights, args.seed)
-    cfg = engine.FitConfig(args.method, args.arch, args.k, args.seed, args.resize,
-                           args.crop_size, args.batch_size, args.eps, args.holdout)
-    opts = engine.eval_options(args, out_dir)
+    cli.apply_threads(args)
+    backbone = get_backbone(args.arch, args.pretrained, args.weights, args.seed)
+    cfg = FitConfig(args.method, args.arch, args.k, args.seed, args.resize, args.crop_size,
+                    args.batch_size, args.eps, args.holdout)
+    opts = eval_options(args, out_dir)
     rows = []
     for category in categories:
-        path = model_path(args.save_path, args.method, args.arch, args.k, category)
-        meta, fit_s = engine.fit_category(args.data_path, category, cfg, backbone, path)
-        row = {"category": category, "n_train": meta["n_train"], "fit_seconds": fit_s}
-        if args.eval:
-            model = engine.load_detector(path)
-            row.update(engine.evaluate_category(model, args.data_path, category, opts))
+        model = fit_category(args.data_path, category, cfg, backbone)
+        model.save(model_path(args.save_path, args.method, args.arch, args.k, category))
+        row = {"category": category, "n_train": model.meta["n_train"],
+               "fit_seconds": model.meta["fit_seconds"]}
+        if args.eval:                      # the model just fitted, from memory
+            row.update(evaluate_category(model, args.data_path, category, opts))
         rows.append(row)
-        engine.write_results(os.path.join(out_dir, "results.csv"), rows)
+        write_results(os.path.join(out_dir, "results.csv"), rows)
+        del model
     print(f"backbone weights: {backbone.weights_source}")
     if args.eval:
-        print(engine.results_table(rows))
+        print(results_table(rows))
     print(f"models and results.csv in {out_dir}")
     return rows
 

@@ -10,7 +10,6 @@ This module only returns the three layer maps; the projection is applied per lay
 """
 import hashlib
 import logging
-import os
 
 import numpy as np
 import paddle
@@ -39,28 +38,20 @@ def get_arch(arch):
     return ARCHS[arch]
 
 
-def _build_resnet(arch, pretrained, weights, seed):
+def _build_resnet(arch, pretrained, state, source, seed):
     """Build the ResNet and describe which weights it holds.
 
     Returns (net, source) where source is a human-readable string recorded in the model file.
     """
     ctor, _ = get_arch(arch)
-    if weights:
-        if not os.path.isfile(weights):
-            raise UserError(f"--weights file '{weights}' does not exist: give the path of a "
-                            f"{arch} .pdparams file")
+    if state is not None:
         net = ctor(pretrained=False)
-        try:
-            state = paddle.load(weights)
-        except Exception as exc:  # paddle raises many types for a broken file
-            raise UserError(f"cannot read --weights '{weights}' ({type(exc).__name__}): "
-                            "give a .pdparams file saved by paddle.save") from None
         missing, unexpected = _check_state(net, state)
         if missing:
-            raise UserError(f"--weights '{weights}' does not fit {arch}: {len(missing)} "
+            raise UserError(f"the weights {source} do not fit {arch}: {len(missing)} "
                             f"parameters missing (e.g. '{missing[0]}'); pass the weights of {arch}")
         net.set_state_dict({k: v for k, v in state.items() if k not in unexpected})
-        return net, f"file:{os.path.abspath(weights)}"
+        return net, source
     if pretrained:
         try:
             net = ctor(pretrained=True)
@@ -88,13 +79,15 @@ class Backbone(nn.Layer):
     Args:
         arch: 'resnet18' or 'wide_resnet50_2'.
         pretrained: load Paddle's ImageNet weights (downloaded on first use).
-        weights: path of a local .pdparams; takes precedence over ``pretrained``.
-        seed: seed of the random initialisation when neither weights nor pretrained are used.
+        state: a state dict {name: array} of the ResNet (read by the caller, e.g. from a local
+            file); takes precedence over ``pretrained``.
+        source: description of ``state`` recorded in model files (e.g. 'file:/abs/path').
+        seed: seed of the random initialisation when neither state nor pretrained are used.
     """
 
-    def __init__(self, arch="resnet18", pretrained=True, weights=None, seed=0):
+    def __init__(self, arch="resnet18", pretrained=True, state=None, source=None, seed=0):
         super().__init__()
-        net, self.weights_source = _build_resnet(arch, pretrained, weights, seed)
+        net, self.weights_source = _build_resnet(arch, pretrained, state, source, seed)
         self.arch = arch
         self.channels = get_arch(arch)[1]
         self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)

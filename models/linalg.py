@@ -12,13 +12,17 @@ Memory layout: a C-order float64 [k, k] matrix seen by Fortran is its transpose;
 works on the Fortran 'L' (lower) triangle, which is the C-order UPPER triangle.
 """
 import ctypes
-import mmap
+import logging
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from scipy.linalg import blas, lapack
+
+from utils import hugepage_empty
+
+logger = logging.getLogger(__name__)
 
 _P = ctypes.c_void_p
 _LOWER = ctypes.c_char_p(b"L")
@@ -36,6 +40,7 @@ def _capsule_pointer(capsule):
 
 def _load_routines():
     """{name: ctypes function} for dsyrk, dpotrf, dpotri, dpotrs, or None if unavailable."""
+    global _FALLBACK_REASON
     try:
         from scipy.linalg import cython_blas, cython_lapack
         n_args = {"dsyrk": 10, "dpotrf": 5, "dpotri": 5, "dpotrs": 8}
@@ -46,37 +51,46 @@ def _load_routines():
             # CFUNCTYPE (not PYFUNCTYPE): the GIL is released while the routine runs
             routines[name] = ctypes.CFUNCTYPE(None, *([_P] * n))(_capsule_pointer(capsule))
         return routines
-    except Exception:  # noqa: BLE001 - any failure means: use the f2py wrappers
+    except Exception as exc:  # noqa: BLE001 - any failure means: use the f2py wrappers
+        _FALLBACK_REASON = (f"SciPy's cython_blas / cython_lapack pointers are unavailable "
+                            f"({type(exc).__name__}: {exc})")
         return None
 
 
+_FALLBACK_REASON = None
 _ROUTINES = _load_routines()
 
 
+_THREADS = None
+
+
+def set_threads(n):
+    """Use ``n`` worker threads for the per-position loops (None: every CPU this process may use)."""
+    global _THREADS
+    _THREADS = None if n is None else max(1, int(n))
+
+
 def n_threads():
-    """Worker threads for the per-position loops: the CPUs this process may run on."""
+    """Worker threads for the per-position loops: ``set_threads``'s value, else the CPUs this
+    process may run on."""
+    if _THREADS is not None:
+        return _THREADS
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:
         return os.cpu_count() or 1
 
 
-def zeros(shape, dtype=np.float64):
-    """Zero-filled array backed, on Linux, by transparent huge pages.
+def describe():
+    """Which implementation the per-position loops use, for logs and model metadata."""
+    if _ROUTINES is None:
+        return {"path": "f2py", "threads": 1, "reason": _FALLBACK_REASON}
+    return {"path": "ctypes", "threads": n_threads()}
 
-    The Gaussian's sums and precisions are 0.16-2.9 GB; with 4 KiB pages, merely touching them
-    the first time costs seconds of page faults on a virtual machine (3.4 s for 2.9 GB measured;
-    0.6 s with huge pages). Falls back to ``np.zeros``.
-    """
-    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
-    if nbytes < (64 << 20) or not hasattr(mmap, "MADV_HUGEPAGE"):
-        return np.zeros(shape, dtype)
-    try:
-        buf = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-        buf.madvise(mmap.MADV_HUGEPAGE)
-    except (OSError, ValueError, AttributeError):
-        return np.zeros(shape, dtype)
-    return np.frombuffer(buf, dtype=dtype).reshape(shape)     # anonymous memory reads as 0
+
+def zeros(shape, dtype=np.float64):
+    """Zero-filled array on transparent huge pages (``utils.hugepage_empty``)."""
+    return hugepage_empty(shape, dtype)
 
 
 def for_positions(fn, n_positions, threads=None, chunk=64):
@@ -281,3 +295,7 @@ def _self_check(routines):
 
 if _ROUTINES is not None and not _self_check(_ROUTINES):
     _ROUTINES = None
+    _FALLBACK_REASON = "the ctypes routines disagreed with NumPy in the self-check"
+if _ROUTINES is None:
+    logger.warning("per-position BLAS / LAPACK loops run single-threaded through SciPy's "
+                   "wrappers: %s", _FALLBACK_REASON)

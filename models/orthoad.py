@@ -45,9 +45,12 @@ class OrthoAD(nn.Layer):
             self.set_gaussian(mean, precision)
 
     def set_gaussian(self, mean, precision):
-        """Install the fitted Gaussian: mean [h*w, k], precision [h*w, k, k] (arrays or Tensors)."""
-        mean = paddle.to_tensor(mean, dtype="float32")
-        precision = paddle.to_tensor(precision, dtype="float32")
+        """Install the fitted Gaussian: mean [h*w, k], precision [h*w, k, k] (arrays or Tensors).
+
+        C-contiguous float32 arrays are shared with the layer, not copied (1.47 GB of precision
+        at wide_resnet50_2, k=300).
+        """
+        mean, precision = shared_tensor(mean), shared_tensor(precision)
         expected = [self.grid * self.grid, self.k]
         if list(mean.shape) != expected or list(precision.shape) != expected + [self.k]:
             raise ValueError(f"Gaussian of shape {list(mean.shape)} / {list(precision.shape)} "
@@ -86,6 +89,15 @@ class OrthoAD(nn.Layer):
     def forward(self, x):
         """x [B, 3, S, S] -> (anomaly_map [B, 1, S, S], image_score [B])."""
         return self.score(self.embed(x))
+
+
+def shared_tensor(a):
+    """A float32 Tensor viewing ``a``'s memory when ``a`` is a writable C-contiguous float32
+    ndarray (DLPack), else a float32 copy."""
+    if isinstance(a, np.ndarray) and a.dtype == np.float32 and a.flags.c_contiguous and \
+            a.flags.writeable and a.size:
+        return paddle.utils.dlpack.from_dlpack(a)
+    return paddle.to_tensor(a, dtype="float32")
 
 
 def _project(f, w):

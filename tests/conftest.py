@@ -57,3 +57,34 @@ def official_case(seed, signal, decimals):
         maps.append(m)
         gts.append(g)
     return np.array(gts), np.array(maps)
+
+
+def official_au_pro(masks, maps, limit=0.3):
+    """AU-PRO written directly from its definition (ALGORITHM.md section 6): argsort all pixels,
+    cumulative sums, last point of each run of equal scores, trapezoid with the PRO value
+    interpolated at the limit. Slow and memory-hungry: a test oracle only."""
+    from scipy import ndimage
+    labels, total = [], 0
+    for m in masks:
+        lab, k = ndimage.label(m, structure=np.ones((3, 3)))
+        lab = lab.ravel()
+        lab[lab > 0] += total
+        total += k
+        labels.append(lab)
+    lab = np.concatenate(labels)
+    scores = np.concatenate([np.asarray(x).ravel() for x in maps])
+    weight = np.where(lab > 0, 1.0 / np.bincount(lab)[lab], 0.0)
+    order = np.argsort(scores, kind="stable")[::-1]
+    s = scores[order]
+    fpr = np.cumsum(lab[order] == 0).astype(np.float32) / np.float32((lab == 0).sum())
+    pro = np.cumsum(weight[order]) / total
+    keep = np.append(np.diff(s) != 0, True)
+    f = np.concatenate([[0], np.clip(fpr[keep], None, 1), [1]]).astype(np.float64)
+    p = np.concatenate([[0], np.clip(pro[keep], None, 1), [1]])
+    inside = f <= limit
+    area = np.sum(0.5 * (p[inside][1:] + p[inside][:-1]) * np.diff(f[inside]))
+    if limit not in f:
+        i = int(np.searchsorted(f, limit))
+        at = p[i - 1] + (p[i] - p[i - 1]) * (limit - f[i - 1]) / (f[i] - f[i - 1])
+        area += 0.5 * (at + p[i - 1]) * (limit - f[i - 1])
+    return float(area / limit)

@@ -24,7 +24,7 @@ def base(tmp_path_factory):
     out = root / "out"
     r = run_script("train.py", "--data_path", str(data), "--save_path", str(out), *FAST)
     assert r.returncode == 0, r.stderr
-    model = out / "ortho_resnet18_k4" / "brick.pdparams"
+    model = out / "ortho_resnet18_k4" / "brick.safetensors"
     r = run_script("export_model.py", "--model_path", str(model), "--save_dir", str(root / "exp"))
     assert r.returncode == 0, r.stderr
     return {"root": root, "data": data, "out": out, "model": model, "exp": root / "exp"}
@@ -155,10 +155,11 @@ def _case_model_missing(base, tmp):
 
 
 def _case_model_truncated(base, tmp):
-    bad = tmp / "brick.pdparams"
-    bad.write_bytes(base["model"].read_bytes()[:1000])
+    bad = tmp / "brick.safetensors"
+    data = base["model"].read_bytes()
+    bad.write_bytes(data[:len(data) // 2])
     return _eval(base["data"], base, "--model_path", str(bad), "--category", "brick"), \
-        "unreadable or truncated"
+        "is truncated"
 
 
 def _case_model_other_k(base, tmp):
@@ -172,11 +173,10 @@ def _case_model_other_arch(base, tmp):
 
 
 def _case_model_newer_format(base, tmp):
-    import paddle
-    rec = paddle.load(str(base["model"]), return_numpy=True)
-    rec["format_version"] = 99
-    newer = tmp / "brick.pdparams"
-    paddle.save(rec, str(newer))
+    from modelfile import read_tensors, write_tensors
+    meta, arrays = read_tensors(str(base["model"]))
+    newer = tmp / "brick.safetensors"
+    write_tensors(str(newer), arrays, dict(meta, format_version="99"))
     return _eval(base["data"], base, "--model_path", str(newer), "--category", "brick"), \
         "format version 99"
 
@@ -207,7 +207,7 @@ def _case_predict_empty_folder(base, tmp):
 
 
 def _case_export_missing_model(base, tmp):
-    return ("export_model.py", "--model_path", str(tmp / "x.pdparams")), "does not exist"
+    return ("export_model.py", "--model_path", str(tmp / "x.safetensors")), "does not exist"
 
 
 def _case_infer_missing_model(base, tmp):
@@ -244,7 +244,12 @@ def _case_infer_wrong_category(base, tmp):
 
 
 def _case_infer_fp16(base, tmp):
-    return _infer(base, "--precision", "fp16"), "use --precision fp32"
+    return _infer(base, "--precision", "fp16"), "invalid choice: 'fp16' (choose from 'fp32')"
+
+
+def _case_export_batch_size(base, tmp):
+    return ("export_model.py", "--model_path", str(base["model"]), "--batch_size", "4"), \
+        "unrecognized arguments: --batch_size 4"
 
 
 CASES = {name[len("_case_"):]: fn for name, fn in sorted(globals().items())
@@ -267,7 +272,8 @@ def test_bad_input_gives_one_line_error(case, base, tmp_path, monkeypatch):
     if os.environ.get("ORTHOAD_ERROR_LOG"):           # collects the messages for the docs
         with open(os.environ["ORTHOAD_ERROR_LOG"], "a") as fh:
             fh.write(f"{case}\t{lines[0]}\n")
-    assert not any(f.endswith(".pdparams") for _, _, fs in os.walk(tmp_path / "o") for f in fs)
+    assert not any(f.endswith(".safetensors") for _, _, fs in os.walk(tmp_path / "o")
+                   for f in fs)
 
 
 def _write_variants(cat):

@@ -1,5 +1,4 @@
 import os
-import shutil
 
 import numpy as np
 import pytest
@@ -8,7 +7,8 @@ import export_model
 import infer
 import predict
 import train
-from utils import load_model, model_path
+from modelfile import load_model
+from utils import model_path
 
 
 def _fit(data, save, crop, category="gravel", extra=()):
@@ -45,27 +45,43 @@ def test_predict_and_paddle_inference_agree(demo_root, tmp_path, crop):
         assert os.path.isfile(out / "predictions.csv")
 
 
-def test_threshold_does_not_depend_on_the_test_set(demo_root, tmp_path):
-    """The threshold must be learned from normal training images only: swapping the whole test
-    set (labels, masks and images) must not change it."""
-    a = _fit(demo_root, str(tmp_path / "a"), 256, "brick")
-    other = tmp_path / "data"
-    shutil.copytree(os.path.join(demo_root, "brick"), other / "brick")
-    shutil.rmtree(other / "brick" / "test")
-    shutil.rmtree(other / "brick" / "ground_truth")
-    shutil.copytree(os.path.join(demo_root, "gravel", "test"), other / "brick" / "test")
-    b = _fit(str(other), str(tmp_path / "b"), 256, "brick")
-    ta, tb = load_model(a)[0]["threshold"], load_model(b)[0]["threshold"]
-    assert ta["image"] == tb["image"] and ta["n_holdout"] == 2
-    s = np.array(ta["holdout_scores"])
-    assert ta["image"] == pytest.approx(max(s.max(), s.mean() + 3 * s.std(ddof=1)))
+def test_the_fit_opens_training_images_only(demo_root, tmp_path, monkeypatch):
+    """The threshold must come from normal training images: every image the fit opens (held-out
+    ones included) is one of train/good, and each of them is opened."""
+    from PIL import Image
+    opened, real_open = [], Image.open
+
+    def spy(fp, *args, **kwargs):
+        opened.append(os.path.abspath(str(fp)))
+        return real_open(fp, *args, **kwargs)
+    monkeypatch.setattr(Image, "open", spy)
+    path = _fit(demo_root, str(tmp_path / "a"), 256, "brick")
+    train = os.path.abspath(os.path.join(demo_root, "brick", "train", "good"))
+    assert sorted(set(opened)) == sorted(os.path.join(train, f) for f in os.listdir(train))
+    assert load_model(path)[0]["threshold"]["n_holdout"] == 2
 
 
-def test_threshold_override_changes_the_verdict(demo_root, tmp_path):
+def test_threshold_override_and_boolean_flags(demo_root, tmp_path):
     path = _fit(demo_root, str(tmp_path / "m"), 256, "brick")
     img = os.path.join(demo_root, "brick", "test", "good", "000.png")
     low = predict.main(predict.get_args([img, "--model_path", path, "--threshold", "0",
                                          "--save_pic=False"]))
     high = predict.main(predict.get_args([img, "--model_path", path, "--threshold", "1e9",
-                                          "--save_pic=False"]))
+                                          "--save_pic", "false"]))
     assert low[0]["verdict"] == "anomalous" and high[0]["verdict"] == "normal"
+    assert "picture" not in low[0] and "picture" not in high[0]
+    # a bare boolean before the positional input keeps the input (it used to swallow it)
+    out = tmp_path / "pics"
+    rows = predict.main(predict.get_args(["--save_pic", img, "--model_path", path, "--output",
+                                          str(out)]))
+    assert rows[0]["path"] == img and os.path.isfile(rows[0]["picture"])
+    exp = str(tmp_path / "export")
+    export_model.main(export_model.get_args(["--model_path", path, "--save_dir", exp]))
+    base = ["--model_file", f"{exp}/model.json", "--params_file", f"{exp}/model.pdiparams",
+            "--input_file", img, "--save_path", str(tmp_path / "inf")]
+    args = infer.get_args(["--enable_mkldnn", "--save_pic", "--enable_benchmark", *base])
+    assert (args.enable_mkldnn, args.save_pic, args.enable_benchmark, args.use_gpu) == \
+        (True, True, True, False)
+    args = infer.get_args([*base, "--save_pic", "no", "--enable_mkldnn=false"])
+    assert (args.save_pic, args.enable_mkldnn) == (False, False)
+    assert infer.main(args)[0]["verdict"] == "normal"

@@ -97,3 +97,26 @@ def test_self_check_rejects_routines_that_compute_nothing():
     assert linalg._self_check(linalg._ROUTINES)
     noop = linalg.ctypes.CFUNCTYPE(None, *([linalg._P] * 10))(lambda *args: None)
     assert not linalg._self_check(dict(linalg._ROUTINES, dsyrk=noop))
+
+
+def test_fast_path_is_on_where_scipy_exports_the_routines():
+    """Fails loudly if the GIL-free ctypes path is off on a machine where SciPy exports the four
+    routines: the silent single-thread fallback would otherwise hide a regression."""
+    from scipy.linalg import cython_blas, cython_lapack
+    exported = "dsyrk" in cython_blas.__pyx_capi__ and all(
+        name in cython_lapack.__pyx_capi__ for name in ("dpotrf", "dpotri", "dpotrs"))
+    if not exported:
+        pytest.skip("this SciPy does not export the routines: the f2py path is expected")
+    assert linalg._ROUTINES is not None, linalg.describe()
+    assert linalg.describe()["path"] == "ctypes"
+
+
+def test_thread_setting_is_used_and_reported():
+    try:
+        linalg.set_threads(1)
+        assert linalg.n_threads() == 1 and linalg.describe()["threads"] == 1
+        linalg.set_threads(3)
+        assert linalg.n_threads() == 3
+    finally:
+        linalg.set_threads(None)
+    assert linalg.n_threads() == len(__import__("os").sched_getaffinity(0))

@@ -4,7 +4,7 @@ from scipy import ndimage
 from scipy.stats import mannwhitneyu
 
 import metrics
-from conftest import official_case
+from conftest import official_au_pro, official_case
 
 OFFICIAL = {  # ALGORITHM.md section 6: values of the official MVTec AD evaluation code
     "A": ((0, 0.0, None), (0.135976183867, 0.056915982517, 0.028583465608, 0.464259984260), 0.875),
@@ -105,28 +105,6 @@ def test_paper_protocol_matches_loop_oracle(seed, signal):
     assert roc == pytest.approx(ref_roc, abs=1e-12)
 
 
-def _au_pro_by_argsort(masks, maps, limit):
-    """The definition, written directly: argsort all pixels, cumulative sums, last of ties."""
-    labels, total = [], 0
-    for m in masks:
-        lab, k = ndimage.label(m, structure=np.ones((3, 3)))
-        lab = lab.ravel()
-        lab[lab > 0] += total
-        total += k
-        labels.append(lab)
-    lab = np.concatenate(labels)
-    scores = np.concatenate([x.ravel() for x in maps])
-    weight = np.where(lab > 0, 1.0 / np.bincount(lab)[lab], 0.0)
-    order = np.argsort(scores)[::-1]
-    s = scores[order]
-    fpr = np.cumsum(lab[order] == 0).astype(np.float32) / np.float32((lab == 0).sum())
-    pro = np.cumsum(weight[order]) / total
-    keep = np.append(np.diff(s) != 0, True)
-    f = np.concatenate([[0], np.clip(fpr[keep], None, 1), [1]]).astype(np.float64)
-    p = np.concatenate([[0], np.clip(pro[keep], None, 1), [1]])
-    return metrics._trapezoid(f, p, limit) / limit
-
-
 @pytest.mark.parametrize("decimals", [0, 1, 2, None])
 @pytest.mark.parametrize("seed", [0, 1])
 def test_au_pro_equals_direct_argsort_definition(decimals, seed):
@@ -141,4 +119,4 @@ def test_au_pro_equals_direct_argsort_definition(decimals, seed):
         maps = np.round(maps, decimals)
     for limit in (0.01, 0.05, 0.3, 0.7, 1.0):
         assert metrics.au_pro(gts, maps, limit) == pytest.approx(
-            _au_pro_by_argsort(gts, maps, limit), abs=1e-12)
+            official_au_pro(gts, maps, limit), abs=1e-12)

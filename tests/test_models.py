@@ -146,8 +146,9 @@ def test_random_backbone_is_seeded_and_fingerprinted():
 
 
 def test_missing_weights_file_is_a_user_error(tmp_path):
+    from pipeline.backbones import read_weights_file
     with pytest.raises(UserError, match="--weights file"):
-        Backbone("resnet18", weights=str(tmp_path / "nope.pdparams"))
+        read_weights_file(str(tmp_path / "nope.pdparams"))
 
 
 @pytest.mark.parametrize("size,target", [((8, 8), [16, 16]), ((4, 4), [16, 16]),

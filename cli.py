@@ -1,0 +1,81 @@
+"""Command-line flags shared by the scripts, and their checks.
+
+Each script builds its parser from these groups, so one flag means the same thing everywhere.
+"""
+from models.backbone import ARCHS, feature_dim
+from models.projection import PROJECTIONS
+from utils import UserError, positive_int
+
+
+def add_model_args(parser, fitting):
+    """Flags that identify a model (and, when ``fitting``, how to fit it)."""
+    parser.add_argument("--method", type=str, default="ortho", choices=sorted(PROJECTIONS),
+                        help="ortho: semi-orthogonal projection (OrthoAD); sample: random "
+                             "channel subset (PaDiM)")
+    parser.add_argument("--arch", type=str, default="resnet18", choices=sorted(ARCHS),
+                        help="backbone")
+    parser.add_argument("--k", type=int, default=100, help="projected dimension")
+    parser.add_argument("--save_path", type=str, default="./output",
+                        help="root of the model folders <method>_<arch>_k<k>/")
+    if fitting:
+        parser.add_argument("--seed", type=int, default=0, help="seed of the projection, the "
+                            "hold-out split and random backbone weights")
+        parser.add_argument("--resize", type=int, default=256, help="shorter side after resize")
+        parser.add_argument("--crop_size", type=int, default=256, help="centre crop side")
+        parser.add_argument("--eps", type=float, default=0.01, help="covariance ridge")
+        parser.add_argument("--holdout", type=float, default=0.1,
+                            help="fraction of train/good (at most 32 images) held out to "
+                                 "learn the threshold, then added to the statistics; 0 disables "
+                                 "the threshold")
+        parser.add_bool("--pretrained", True, "Paddle's ImageNet weights (downloaded on first "
+                        "use); --no-pretrained or --pretrained=False: seeded random weights "
+                        "(tests)")
+        parser.add_argument("--no-pretrained", dest="pretrained", action="store_false",
+                            help="same as --pretrained=False")
+    parser.add_argument("--weights", type=str, default=None,
+                        help="local backbone weights (.pdparams state dict or .safetensors) "
+                             "instead of downloading")
+
+
+def add_run_args(parser):
+    """Flags of the scripts that run the backbone over many images."""
+    parser.add_argument("--batch_size", type=int, default=16, help="images per forward pass")
+    parser.add_argument("--cpu_threads", type=positive_int, default=None,
+                        help="CPU threads for the backbone and the statistics (default: every "
+                             "CPU this process may use)")
+
+
+def add_eval_args(parser):
+    parser.add_bool("--eval_PRO", False, "also compute the official AU-PRO (FPR limit 0.3)")
+    parser.add_bool("--non_partial_AUC", False,
+                    "also report PRO and ROC by the OrthoAD paper's own protocol (labelled "
+                    "paper_*)")
+    parser.add_bool("--save_pic", False, "write a figure per test image")
+    parser.add_argument("--save_maps", type=str, default=None,
+                        help="write float32 .tiff maps at the original resolution under this "
+                             "folder (<category>/test/<defect>/<stem>.tiff)")
+    parser.add_argument("--eval_size", type=str, default="input", choices=["input", "original"],
+                        help="compute the metrics at the network input size or on maps resized "
+                             "to each image's original size (official protocol)")
+
+
+def check_common(args):
+    if args.k < 1:
+        raise UserError(f"--k {args.k} is out of range: it must be at least 1")
+    if args.arch in ARCHS and args.k > feature_dim(args.arch):
+        raise UserError(f"--k {args.k} is larger than the feature dimension "
+                        f"{feature_dim(args.arch)} of {args.arch}: choose --k <= "
+                        f"{feature_dim(args.arch)}")
+    if getattr(args, "batch_size", 1) < 1:
+        raise UserError(f"--batch_size {args.batch_size} must be at least 1")
+
+
+def apply_threads(args):
+    """Use ``--cpu_threads`` (default: every CPU this process may use) for Paddle's CPU kernels
+    and the per-position statistics loops; return the number."""
+    import paddle
+
+    from models import linalg
+    linalg.set_threads(getattr(args, "cpu_threads", None))
+    paddle.base.core.set_num_threads(linalg.n_threads())
+    return linalg.n_threads()

@@ -1,0 +1,160 @@
+"""Fitting one category: embeddings of train/good, the streaming Gaussian, the threshold.
+
+Normal images held out (``FitConfig.holdout``) are scored by the model fitted on the others; the
+threshold is ``threshold_rule`` of their image scores, and the display range runs from their
+smallest map value to twice the threshold's distance above it. They are then added to the
+statistics. No test image is ever looked at.
+"""
+import logging
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import paddle
+
+from datasets.mvtec import MVTecCategory, prefetch_batches
+from datasets.transforms import Preprocess, load_rgb
+from models import linalg
+from models.gaussian import PatchGaussian
+from models.orthoad import OrthoAD
+from models.projection import make_projection
+from utils import library_versions, progress
+
+from .model import Model
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class FitConfig:
+    method: str = "ortho"
+    arch: str = "resnet18"
+    k: int = 100
+    seed: int = 0
+    resize: int = 256
+    crop_size: int = 256
+    batch_size: int = 16
+    eps: float = 0.01
+    holdout: float = 0.1
+
+
+MAX_HOLDOUT = 32   # held-out embeddings stay in memory until they join the sums: keep it bounded
+
+THRESHOLD_RULE = ("max(max(s), mean(s) + 3 * std(s)) of the image scores s of held-out normal "
+                  "training images")
+
+
+def split_holdout(files, fraction, seed):
+    """(files to fit, files held out for the threshold): a seeded draw of ``fraction`` of the
+    files, at least 1 and at most ``MAX_HOLDOUT``, leaving at least 2 to fit."""
+    n_hold = 0 if fraction <= 0 else max(1, int(round(fraction * len(files))))
+    n_hold = min(n_hold, MAX_HOLDOUT, len(files) - 2)
+    if n_hold <= 0:
+        return files, []
+    idx = np.random.default_rng(seed).permutation(len(files))
+    hold = set(idx[:n_hold].tolist())
+    return ([f for i, f in enumerate(files) if i not in hold],
+            [f for i, f in enumerate(files) if i in hold])
+
+
+def threshold_rule(scores):
+    """Image (and pixel) threshold from the scores of held-out NORMAL images only."""
+    s = np.asarray(scores, dtype=np.float64)
+    spread = 3.0 * s.std(ddof=1) if len(s) > 1 else 0.1 * abs(s[0])
+    return float(max(s.max(), s.mean() + spread))
+
+
+def embed_files(detector, files, preprocess, batch_size, desc):
+    """Yield projected embeddings [B, h*w, k] of image files, loading ahead in threads."""
+    bar = progress(len(files), desc)
+    try:
+        for batch in prefetch_batches(files, lambda f: preprocess.image(load_rgb(f)), batch_size):
+            with paddle.no_grad():
+                y = detector.embed(paddle.to_tensor(np.stack(batch)))
+            bar.update(len(batch))
+            yield y
+    finally:
+        bar.close()
+
+
+def _score_holdout(detector, gauss, files, preprocess, batch_size, category):
+    """Embed the held-out files, score them under the Gaussian of the images seen so far
+    (Cholesky solves, no precision matrices) and return (embeddings, image scores, smallest map
+    value, seconds of statistics work)."""
+    held, n_held = None, 0                        # filled in place: no list + concatenate copy
+    for y in embed_files(detector, files, preprocess, batch_size, f"hold-out {category}"):
+        if held is None:
+            held = np.empty((len(files),) + tuple(y.shape[1:]), dtype=np.float32)
+        held[n_held:n_held + y.shape[0]] = y.numpy()
+        n_held += y.shape[0]
+    t = time.perf_counter()
+    dist = np.sqrt(np.maximum(gauss.squared_distances(held), 0.0)).astype(np.float32)
+    stats_s = time.perf_counter() - t
+    grid = detector.grid
+    with paddle.no_grad():
+        scored = [detector.head_scores(paddle.to_tensor(dist[i:i + batch_size])
+                                       .reshape([-1, grid, grid]))
+                  for i in range(0, len(dist), batch_size)]
+    scores = np.concatenate([s.numpy() for _, s in scored])
+    vmin = float(min(m.min().item() for m, _ in scored))
+    return held, scores, vmin, stats_s
+
+
+def fit_category(data_path, category, cfg, backbone):
+    """Fit one category.
+
+    Returns:
+        ``pipeline.model.Model`` (not yet saved) whose meta records the configuration, the
+        weights, the threshold and how long the fit took.
+    """
+    start = time.perf_counter()
+    files = MVTecCategory(data_path, category).train_files()
+    preprocess = Preprocess(cfg.resize, cfg.crop_size)
+    w = make_projection(cfg.method, sum(backbone.channels), cfg.k, cfg.seed)
+    detector = OrthoAD(backbone, w, cfg.crop_size)
+    fit_files, hold_files = split_holdout(files, cfg.holdout, cfg.seed)
+    gauss = PatchGaussian(eps=cfg.eps)
+    for y in embed_files(detector, fit_files, preprocess, cfg.batch_size, f"fit {category}"):
+        gauss.partial_fit(y)
+    finalize_s = 0.0
+    threshold, display, scores = None, {"vmin": None, "vmax": None}, []
+    if hold_files:
+        held, scores, vmin, finalize_s = _score_holdout(detector, gauss, hold_files, preprocess,
+                                                        cfg.batch_size, category)
+        threshold = threshold_rule(scores)
+        display = {"vmin": vmin, "vmax": vmin + 2.0 * (threshold - vmin)}
+        gauss.partial_fit(held)
+        del held
+    t = time.perf_counter()
+    gauss.finalize()
+    finalize_s += time.perf_counter() - t
+    elapsed = time.perf_counter() - start
+    meta = {
+        "method": cfg.method, "arch": cfg.arch, "k": cfg.k, "seed": cfg.seed,
+        "resize": cfg.resize, "crop_size": cfg.crop_size, "eps": cfg.eps,
+        "grid": detector.grid, "feature_dim": int(w.shape[0]), "category": category,
+        "n_train": len(files), "weights_source": backbone.weights_source,
+        "weights_sha256": backbone.weights_sha256,
+        "threshold": {"image": threshold, "pixel": threshold, "n_holdout": len(hold_files),
+                      "rule": THRESHOLD_RULE, "holdout_scores": [float(v) for v in scores],
+                      "holdout_files": [os.path.basename(f) for f in hold_files]},
+        "display": display, "versions": library_versions(), "linalg": linalg.describe(),
+        "cpu_threads": linalg.n_threads(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "fit_seconds": round(elapsed, 3),
+        "finalize_seconds": round(finalize_s, 3),
+    }
+    logger.info("%s: fitted on %d images (%d held out for the threshold) in %.1f s "
+                "(%.1f img/s); statistics loops: %s", category, len(files), len(hold_files),
+                elapsed, len(files) / elapsed, _describe_linalg(meta["linalg"]))
+    model = Model(meta, {"projection": w, "mean": gauss.mean_, "precision": gauss.precision_},
+                  backbone)
+    model._detector = detector
+    detector.set_gaussian(gauss.mean_, gauss.precision_)
+    return model
+
+
+def _describe_linalg(info):
+    if info["path"] == "ctypes":
+        return f"BLAS / LAPACK through ctypes on {info['threads']} thread(s)"
+    return f"SciPy wrappers on 1 thread ({info['reason']})"

@@ -1,0 +1,55 @@
+"""A fitted model: its metadata, its arrays and the backbone they belong to.
+
+The model file (``modelfile``) holds the projection W, the Gaussian (mean, precision) and the
+metadata; the backbone is rebuilt from the weights it records and checked by fingerprint. The
+detector (``models.orthoad.OrthoAD``) is built on first use.
+"""
+import logging
+from dataclasses import dataclass, field
+
+from datasets.transforms import Preprocess
+from modelfile import load_model, save_model
+from models.orthoad import OrthoAD
+
+from .backbones import backbone_for_meta
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Model:
+    """meta: JSON-able dict; arrays: {name: ndarray} (projection [F, k], mean [P, k],
+    precision [P, k, k]); backbone: ``models.backbone.Backbone``."""
+    meta: dict
+    arrays: dict
+    backbone: object
+    path: str = None
+    _detector: object = field(default=None, repr=False)
+
+    @property
+    def detector(self):
+        """The scoring layer (image -> anomaly map, image score), built once."""
+        if self._detector is None:
+            a = self.arrays
+            self._detector = OrthoAD(self.backbone, a["projection"], self.meta["crop_size"],
+                                     a["mean"], a["precision"])
+        return self._detector
+
+    @property
+    def preprocess(self):
+        return Preprocess(self.meta["resize"], self.meta["crop_size"])
+
+    @property
+    def threshold(self):
+        return (self.meta.get("threshold") or {}).get("image")
+
+    def save(self, path):
+        save_model(path, self.meta, self.arrays)
+        self.path = path
+        return path
+
+
+def load(path, expect=None, weights=None):
+    """Model file -> Model, with its backbone rebuilt and checked."""
+    meta, arrays = load_model(path, expect)
+    return Model(meta, arrays, backbone_for_meta(meta, weights), path)
