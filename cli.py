@@ -20,8 +20,21 @@ def add_model_args(parser, fitting):
     if fitting:
         parser.add_argument("--seed", type=int, default=0, help="seed of the projection, the "
                             "hold-out split and random backbone weights")
-        parser.add_argument("--resize", type=int, default=256, help="shorter side after resize")
-        parser.add_argument("--crop_size", type=int, default=256, help="centre crop side")
+        parser.add_argument("--input_size", type=str, nargs="+", default=["auto"],
+                            metavar="SIZE",
+                            help="auto (square training images: resize 256 + centre crop 256; "
+                                 "otherwise whole images resized to an H x W of about 256^2 "
+                                 "pixels with their aspect ratio), S, or H W (whole images "
+                                 "resized to it; multiples of 16)")
+        parser.add_argument("--resize", type=int, default=None,
+                            help="classic geometry: shorter side after resize (default 256)")
+        parser.add_argument("--crop_size", type=int, default=None,
+                            help="classic geometry: centre crop side (default: --resize; PaDiM: "
+                                 "256 / 224)")
+        parser.add_argument("--cell", type=str, default="auto",
+                            help="side of the blocks of patch positions that share one Gaussian: "
+                                 "auto (1, or the smallest that keeps the statistics under 4.5 GB "
+                                 "at high resolution) or N")
         parser.add_argument("--eps", type=float, default=0.01, help="covariance ridge")
         parser.add_argument("--holdout", type=float, default=0.1,
                             help="fraction of train/good (at most 32 images) held out to "

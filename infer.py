@@ -114,7 +114,7 @@ class Predictor:
         self.mkldnn = bool(args.enable_mkldnn and not args.use_gpu)
 
     def run(self, x):
-        """x float32 [B, 3, S, S] -> (maps [B, S, S], scores [B])."""
+        """x float32 [B, 3, H, W] -> (maps [B, H, W], scores [B])."""
         self.input.reshape(list(x.shape))
         self.input.copy_from_cpu(np.ascontiguousarray(x))
         try:
@@ -146,7 +146,12 @@ def main(args):
     for start in range(0, len(files), args.batch_size):
         batch = files[start:start + args.batch_size]
         t0 = time.perf_counter()
-        x = np.stack([pre.image(load_rgb(f)) for f in batch])
+        rgbs = [load_rgb(f) for f in batch]
+        for f, rgb in zip(batch, rgbs):
+            msg = pre.aspect_warning(rgb.shape[:2])
+            if msg:
+                logger.warning("%s: %s", f, msg)
+        x = np.stack([pre.image(rgb) for rgb in rgbs])
         t1 = time.perf_counter()
         maps, scores = runner.run(x)
         t2 = time.perf_counter()

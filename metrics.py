@@ -9,6 +9,10 @@ images differ in size); labels and image scores [N].
 * ``paper_pro_roc``: the thresholded protocol of the OrthoAD paper's code (its PRO .942 / ROC .982
   figures), for comparison only.
 A metric that is undefined for the data (a single class) returns None, never NaN.
+
+Pixels whose score is NaN were not scored (outside a centre crop, mapped back to the original
+image): the pixel metrics leave them out, and a defect region counts only its scored pixels (a
+region with none drops out).
 """
 import numpy as np
 from scipy import ndimage
@@ -33,11 +37,14 @@ def _flat(arrays, dtype=None):
 
 
 def pixel_auroc(masks, maps):
-    """ROC AUC over all pixels of all images; None without defect (or without normal) pixels."""
-    masks = _flat(masks, bool)
+    """ROC AUC over all scored pixels of all images; None without defect (or normal) pixels."""
+    masks, scores = _flat(masks, bool), _flat(maps)
+    scored = np.isfinite(scores)
+    if not scored.all():
+        masks, scores = masks[scored], scores[scored]
     if masks.all() or not masks.any():
         return None
-    return float(roc_auc_score(masks, _flat(maps)))
+    return float(roc_auc_score(masks, scores))
 
 
 def _components(masks):
@@ -68,6 +75,10 @@ def pro_curve(masks, maps, max_fpr=1.0):
     """
     comps, n_regions = _components(masks)
     scores = _flat(maps)
+    scored = np.isfinite(scores)
+    if not scored.all():
+        comps, scores = comps[scored], scores[scored]
+        n_regions = int(np.count_nonzero(np.bincount(comps, minlength=n_regions + 1)[1:]))
     n = scores.size
     defect = comps > 0
     n_ok = n - int(defect.sum())

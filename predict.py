@@ -12,6 +12,7 @@ import visualize  # noqa: E402
 from datasets.transforms import list_inputs, load_rgb  # noqa: E402
 from pipeline import model as models_io  # noqa: E402
 from pipeline.evaluate import predict_batches  # noqa: E402
+from pipeline.geometry import AspectWarnings, batch_for  # noqa: E402
 
 logger = logging.getLogger("predict")
 
@@ -54,10 +55,17 @@ def main(args):
     out_dir = args.output or os.path.join(os.path.dirname(os.path.abspath(path)), "predict",
                                           model.meta["category"])
     pre = model.preprocess
+    aspect = AspectWarnings(pre, limit=10)
+
+    def load(f):
+        rgb = load_rgb(f)
+        return pre.image(rgb), f, rgb.shape[:2]
     results = []
-    for batch, maps, scores in predict_batches(
-            model, files, lambda f: (pre.image(load_rgb(f)), f), args.batch_size, "predict"):
-        for (x, f), amap, score in zip(batch, maps, scores):
+    for batch, maps, scores in predict_batches(model, files, load,
+                                               batch_for(args.batch_size, pre.input_hw),
+                                               "predict"):
+        for (x, f, hw), amap, score in zip(batch, maps, scores):
+            aspect.check(f, hw)
             row = {"path": f, "score": float(score),
                    "verdict": visualize.verdict(float(score), threshold)}
             if args.save_pic:
@@ -67,6 +75,7 @@ def main(args):
             row["map"] = amap
             results.append(row)
             print(f"{f}\tscore {row['score']:.4f}\t{row['verdict']}")
+    aspect.close(f"the {len(files)} images")
     if len(files) > 1 or os.path.isdir(args.input):
         csv_path = os.path.join(out_dir, "predictions.csv")
         write_csv(csv_path, results, ["path", "score", "verdict"])

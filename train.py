@@ -13,6 +13,7 @@ from datasets.mvtec import resolve_categories  # noqa: E402
 from pipeline.backbones import get_backbone  # noqa: E402
 from pipeline.evaluate import eval_options, evaluate_category  # noqa: E402
 from pipeline.fit import FitConfig, fit_category  # noqa: E402
+from pipeline.geometry import parse_cell, parse_input_size  # noqa: E402
 from pipeline.results import results_table, write_results  # noqa: E402
 
 logger = logging.getLogger("train")
@@ -43,7 +44,8 @@ def main(args):
     cli.apply_threads(args)
     backbone = get_backbone(args.arch, args.pretrained, args.weights, args.seed)
     cfg = FitConfig(args.method, args.arch, args.k, args.seed, args.resize, args.crop_size,
-                    args.batch_size, args.eps, args.holdout)
+                    args.batch_size, args.eps, args.holdout,
+                    parse_input_size(args.input_size), parse_cell(args.cell))
     opts = eval_options(args, out_dir)
     rows = []
     for category in categories:

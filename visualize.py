@@ -26,12 +26,13 @@ def plot_result(path, image, amap, score, threshold=None, vmin=None, vmax=None, 
     """Write a PNG: input, [ground truth], heat map with colour bar, overlay with predicted mask.
 
     Args:
-        image: uint8 [S, S, 3]; amap: float [S, S]; score: image score;
+        image: uint8 [H, W, 3]; amap: float [H, W]; score: image score;
         threshold: map / score threshold (None: no verdict, no predicted mask);
-        gt_mask: optional bool [S, S].
+        gt_mask: optional bool [H, W].
     """
     panels = 3 + (gt_mask is not None)
-    fig, axes = plt.subplots(1, panels, figsize=(3.2 * panels, 3.6))
+    aspect = min(3.0, max(0.5, amap.shape[1] / amap.shape[0]))     # panel width / height
+    fig, axes = plt.subplots(1, panels, figsize=(3.2 * aspect * panels, 3.6))
     i = 0
     axes[i].imshow(image)
     axes[i].set_title("image")

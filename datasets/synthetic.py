@@ -1,14 +1,15 @@
 """A small MVTec-layout demo data set made from textures that scikit-image ships (no download).
 
-Every image is a random crop of a 512 x 512 texture (brick, grass, gravel). Test images may carry
-one synthetic defect, with its exact mask:
+Every image is a random crop (square, or height x width) of a 512 x 512 texture (brick, grass,
+gravel). Test images may carry one synthetic defect, with its exact mask:
 
 * ``scratch``: a thick straight line of a far-off grey value,
 * ``blob``: a filled ellipse whose brightness is shifted,
 * ``patch``: an ellipse pasted from another texture.
 
 brick and grass are written as tinted RGB, gravel as 8-bit grayscale (to exercise the grayscale
--> RGB path). The output depends only on the seed.
+-> RGB path). ``hires`` is a high-resolution category (2048 x 2048 by default, any size) of
+gravel at its native grain with defects 8-16 px across. The output depends only on the seed.
 
 Usage: python -m datasets.synthetic --out demo_data
 """
@@ -28,22 +29,29 @@ TEXTURES = {"brick": (1.0, 0.75, 0.6), "grass": (0.7, 1.0, 0.6), "gravel": None}
 DEFECTS = ("blob", "patch", "scratch")
 
 
-def _crop(texture, size, rng):
+def _crop(texture, height, width, rng):
     h, w = texture.shape
-    y, x = rng.integers(0, h - size + 1), rng.integers(0, w - size + 1)
-    c = texture[y:y + size, x:x + size].astype(np.float64)
+    y, x = rng.integers(0, h - height + 1), rng.integers(0, w - width + 1)
+    c = texture[y:y + height, x:x + width].astype(np.float64)
     if rng.random() < 0.5:
         c = c[:, ::-1]
     return c
 
 
+def _centre(shape, rng):
+    """A random point away from the borders (the square case draws as the first version did)."""
+    h, w = shape
+    if h == w:
+        return rng.integers(h // 6, h - h // 6, 2)
+    return np.array([rng.integers(h // 6, h - h // 6), rng.integers(w // 6, w - w // 6)])
+
+
 def _defect(img, kind, other, rng):
-    """Draw one defect on the float image [S, S] in place; return its boolean mask."""
-    size = img.shape[0]
+    """Draw one defect on the float image [H, W] in place; return its boolean mask."""
+    size = min(img.shape)
     mask = np.zeros_like(img, dtype=bool)
-    lo, hi = size // 6, size - size // 6
     if kind == "scratch":
-        r0, c0 = rng.integers(lo, hi, 2)
+        r0, c0 = _centre(img.shape, rng)
         angle = rng.uniform(0, np.pi)
         length = rng.uniform(0.25, 0.45) * size
         half_width = rng.uniform(1.5, 3.5)
@@ -56,7 +64,7 @@ def _defect(img, kind, other, rng):
         mask[rr, cc] = True
         img[mask] = 20.0 if img.mean() > 128 else 235.0
     else:
-        r0, c0 = rng.integers(lo, hi, 2)
+        r0, c0 = _centre(img.shape, rng)
         ra, rb = rng.uniform(0.05, 0.12, 2) * size
         rr, cc = draw.ellipse(r0, c0, ra, rb, shape=img.shape, rotation=rng.uniform(0, np.pi))
         mask[rr, cc] = True
@@ -76,24 +84,32 @@ def _save(path, array, tint):
 
 
 def generate(out, categories=tuple(TEXTURES), n_train=30, n_good=5, n_defect=10, size=256,
-             seed=0):
-    """Write the demo data set under ``out``; return the list of category names."""
+             seed=0, height=None):
+    """Write the demo data set under ``out`` (images ``height`` x ``size``, square by default);
+    return the list of category names. ``hires`` is the high-resolution category
+    (``generate_hires``)."""
+    height = size if height is None else height
     textures = {name: getattr(skdata, name)() for name in TEXTURES}
     for ci, name in enumerate(categories):
+        if name == HIRES:
+            generate_hires(out, n_train, n_good, n_defect, height, size, seed)
+            continue
         if name not in TEXTURES:
-            raise ValueError(f"unknown demo category '{name}': choose from {sorted(TEXTURES)}")
+            raise ValueError(f"unknown demo category '{name}': choose from {CATEGORIES}")
         rng = np.random.default_rng([seed, ci])
         tex, tint = textures[name], TEXTURES[name]
         others = [textures[o] for o in TEXTURES if o != name]
         root = os.path.join(out, name)
         for i in range(n_train):
-            _save(os.path.join(root, "train", "good", f"{i:03d}.png"), _crop(tex, size, rng), tint)
+            _save(os.path.join(root, "train", "good", f"{i:03d}.png"),
+                  _crop(tex, height, size, rng), tint)
         for i in range(n_good):
-            _save(os.path.join(root, "test", "good", f"{i:03d}.png"), _crop(tex, size, rng), tint)
+            _save(os.path.join(root, "test", "good", f"{i:03d}.png"),
+                  _crop(tex, height, size, rng), tint)
         for i in range(n_defect):
             kind = DEFECTS[i % len(DEFECTS)]
-            img = _crop(tex, size, rng)
-            other = _crop(others[i % len(others)], size, rng)
+            img = _crop(tex, height, size, rng)
+            other = _crop(others[i % len(others)], height, size, rng)
             mask = _defect(img, kind, other, rng)
             stem = f"{i // len(DEFECTS):03d}"
             _save(os.path.join(root, "test", kind, f"{stem}.png"), img, tint)
@@ -104,29 +120,101 @@ def generate(out, categories=tuple(TEXTURES), n_train=30, n_good=5, n_defect=10,
     return list(categories)
 
 
+HIRES = "hires"
+HIRES_DEFECTS = ("speck", "nick")
+CATEGORIES = tuple(TEXTURES) + (HIRES,)
+
+
+def _tiled(texture, height, width, rng):
+    """A random window of the texture mirrored into a large tiling: any size, native grain."""
+    reps = (-(-height // texture.shape[0]) + 1, -(-width // texture.shape[1]) + 1)
+    block = np.block([[texture[::1 - 2 * (i % 2), ::1 - 2 * (j % 2)] for j in range(reps[1] + 1)]
+                      for i in range(reps[0] + 1)])
+    return _crop(block, height, width, rng)
+
+
+def _small_defect(img, kind, rng):
+    """One defect 8-16 px across on a large image, in place; return its mask."""
+    mask = np.zeros_like(img, dtype=bool)
+    r0 = rng.integers(16, img.shape[0] - 16)
+    c0 = rng.integers(16, img.shape[1] - 16)
+    if kind == "speck":
+        ra, rb = rng.uniform(4, 8, 2)
+        rr, cc = draw.ellipse(r0, c0, ra, rb, shape=img.shape, rotation=rng.uniform(0, np.pi))
+        mask[rr, cc] = True
+        img[mask] = np.clip(img[mask] * rng.choice([0.3, 2.0]), 0, 255)
+    else:
+        angle, length = rng.uniform(0, np.pi), rng.uniform(10, 16)
+        d = np.array([np.sin(angle), np.cos(angle)]) * length / 2
+        rr, cc = draw.line(int(r0 - d[0]), int(c0 - d[1]), int(r0 + d[0]), int(c0 + d[1]))
+        keep = (rr >= 0) & (rr < img.shape[0] - 1) & (cc >= 0) & (cc < img.shape[1] - 1)
+        for dr in (0, 1):                                        # 2-3 px wide
+            for dc in (0, 1):
+                mask[rr[keep] + dr, cc[keep] + dc] = True
+        img[mask] = 15.0 if img[mask].mean() > 100 else 240.0
+    return mask
+
+
+def generate_hires(out, n_train=20, n_good=4, n_defect=8, height=2048, width=2048, seed=0):
+    """The high-resolution category ``hires``: gravel at its native grain on ``height`` x
+    ``width`` images, each defective test image with 1-3 defects 8-16 px across (``speck``:
+    a dark or bright ellipse; ``nick``: a short scratch)."""
+    rng = np.random.default_rng([seed, 99])
+    tex = skdata.gravel()
+    root = os.path.join(out, HIRES)
+    for i in range(n_train):
+        _save(os.path.join(root, "train", "good", f"{i:03d}.png"),
+              _tiled(tex, height, width, rng), None)
+    for i in range(n_good):
+        _save(os.path.join(root, "test", "good", f"{i:03d}.png"),
+              _tiled(tex, height, width, rng), None)
+    for i in range(n_defect):
+        kind = HIRES_DEFECTS[i % len(HIRES_DEFECTS)]
+        img = _tiled(tex, height, width, rng)
+        mask = np.zeros(img.shape, dtype=bool)
+        for _ in range(rng.integers(1, 4)):
+            mask |= _small_defect(img, kind, rng)
+        stem = f"{i // len(HIRES_DEFECTS):03d}"
+        _save(os.path.join(root, "test", kind, f"{stem}.png"), img, None)
+        _save(os.path.join(root, "ground_truth", kind, f"{stem}_mask.png"),
+              mask.astype(np.float64) * 255, None)
+    logger.info("demo category %s: %dx%d, %d train, %d good + %d defective test images", HIRES,
+                height, width, n_train, n_good, n_defect)
+
+
 def get_args(argv=None):
     p = ArgumentParser(description="Write the MVTec-layout demo data set.")
     p.add_argument("--out", type=str, default="demo_data", help="output root folder")
     p.add_argument("--categories", type=str, default=",".join(TEXTURES),
-                   help="comma-separated subset of " + ",".join(TEXTURES))
+                   help="comma-separated subset of " + ",".join(TEXTURES) + f" and {HIRES} "
+                        "(high resolution, defects of 8-16 px)")
     p.add_argument("--n_train", type=positive_int, default=30, help="normal training images")
     p.add_argument("--n_good", type=positive_int, default=5, help="normal test images")
     p.add_argument("--n_defect", type=positive_int, default=10, help="defective test images")
-    p.add_argument("--size", type=positive_int, default=256, help="image side in pixels")
+    p.add_argument("--size", type=positive_int, default=256,
+                   help="image width in pixels (textures: at most 512)")
+    p.add_argument("--height", type=positive_int, default=None,
+                   help="image height in pixels (default: --size)")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     return p.parse_args(argv)
 
 
 def main(args):
     names = [c for c in args.categories.split(",") if c]
-    unknown = [c for c in names if c not in TEXTURES]
+    unknown = [c for c in names if c not in CATEGORIES]
     if unknown:
         raise UserError(f"unknown demo category '{unknown[0]}': choose from "
-                        f"{', '.join(TEXTURES)}")
-    if args.size > 512:
-        raise UserError(f"--size {args.size} is larger than the 512 px source textures")
+                        f"{', '.join(CATEGORIES)}")
+    height = args.height or args.size
+    if max(args.size, height) > 512 and any(c in TEXTURES for c in names):
+        raise UserError(f"--size / --height {max(args.size, height)} is larger than the 512 px "
+                        f"source textures: use at most 512, or the {HIRES} category")
+    if min(args.size, height) < 48:
+        raise UserError(f"--size / --height {min(args.size, height)} is too small: use at least "
+                        "48 pixels")
     ensure_dir(args.out)
-    generate(args.out, names, args.n_train, args.n_good, args.n_defect, args.size, args.seed)
+    generate(args.out, names, args.n_train, args.n_good, args.n_defect, args.size, args.seed,
+             height)
     print(f"demo data written to {args.out}: {', '.join(names)}")
     return names
 

@@ -1,9 +1,10 @@
 """The ONLY image pre-processing of the project (train, eval, predict and infer all use it).
 
 Images are decoded with PIL and converted to 8-bit RGB (grayscale, palette, RGBA and 16-bit
-images included), the shorter side is resized to ``resize`` with PIL's bilinear filter, the
-centre ``crop_size`` square is cut, and the ImageNet mean / std are applied after scaling to [0, 1].
-Masks use nearest-neighbour resizing, the same crop, and value > 127 means defect.
+images included), brought to the model's input geometry (``Preprocess``: resize + centre crop,
+or the whole image resized to H x W) with PIL's bilinear filter, and the ImageNet mean / std are
+applied after scaling to [0, 1]. Masks use nearest-neighbour resizing, the same geometry, and
+value > 127 means defect.
 """
 import os
 
@@ -17,14 +18,16 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
-def _open(path):
+def _open(path, decode=True):
+    """PIL image of ``path`` (decoded, or only its header read), or a UserError naming it."""
     if not os.path.isfile(path):
         raise UserError(f"image '{path}' does not exist: check the path")
     if os.path.getsize(path) == 0:
         raise UserError(f"image '{path}' is an empty (zero-byte) file: replace or remove it")
     try:
         img = Image.open(path)
-        img.load()
+        if decode:
+            img.load()
     except UnidentifiedImageError:
         raise UserError(f"cannot read image '{path}' (not an image format PIL recognises): "
                         "replace or remove the file") from None
@@ -60,40 +63,74 @@ def load_mask(path):
 
 
 class Preprocess:
-    """Resize (shorter side) + centre crop + ImageNet normalisation.
+    """The input geometry of a model plus ImageNet normalisation.
+
+    Two geometries:
+
+    * crop (``resize`` given): the shorter side is resized to ``resize`` (PIL bilinear) and the
+      centre ``input_size`` square is cut: the MVTec AD protocol (256 / 256, PaDiM's 256 / 224).
+      Pixels outside the crop are never scored.
+    * whole (``resize`` None): the whole image is resized to ``input_size`` = (H, W), whatever its
+      aspect ratio; every pixel is scored.
 
     Args:
-        resize: length of the shorter side after resizing.
-        crop_size: side S of the centre crop (S <= resize).
+        input_size: (H, W) of the network input (crop: H == W, the crop side).
+        resize: shorter side before the centre crop, or None for the whole-image geometry.
     """
 
-    def __init__(self, resize=256, crop_size=256, mean=IMAGENET_MEAN, std=IMAGENET_STD):
-        if crop_size > resize:
-            raise UserError(f"--crop_size {crop_size} is larger than --resize {resize}: use a "
-                            "crop no larger than the resized image")
-        if crop_size < 32:
-            raise UserError(f"--crop_size {crop_size} is too small: use at least 32 pixels")
-        self.resize = int(resize)
-        self.crop_size = int(crop_size)
+    def __init__(self, input_size, resize=None, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+        h, w = (input_size, input_size) if np.isscalar(input_size) else input_size
+        self.height, self.width = int(h), int(w)
+        self.resize = None if resize is None else int(resize)
+        if min(self.height, self.width) < 32:
+            raise UserError(f"the input size {self.height}x{self.width} is too small: use at "
+                            "least 32 pixels a side")
+        if self.resize is not None:
+            if self.height != self.width:
+                raise UserError("a centre crop is square: use --input_size H W (whole image) "
+                                "for a rectangular input")
+            if self.height > self.resize:
+                raise UserError(f"--crop_size {self.height} is larger than --resize "
+                                f"{self.resize}: use a crop no larger than the resized image")
         self.mean = np.asarray(mean, dtype=np.float32)
         self.std = np.asarray(std, dtype=np.float32)
 
+    @property
+    def input_hw(self):
+        return self.height, self.width
+
+    @property
+    def mode(self):
+        return "whole" if self.resize is None else "crop"
+
     def config(self):
-        """The parameters as a JSON-able dict (written next to exported models)."""
-        return {"resize": self.resize, "crop_size": self.crop_size,
+        """The parameters as a JSON-able dict (stored in models and deploy.json)."""
+        crop = self.mode == "crop"
+        return {"mode": self.mode, "input_size": [self.height, self.width],
+                "resize": self.resize, "crop_size": self.height if crop else None,
                 "mean": [float(v) for v in self.mean], "std": [float(v) for v in self.std],
-                "interpolation": "PIL bilinear (shorter side), centre crop"}
+                "interpolation": "PIL bilinear " + ("(shorter side), centre crop" if crop else
+                                                    "(whole image, no crop)")}
 
     @classmethod
     def from_config(cls, cfg):
-        return cls(cfg["resize"], cfg["crop_size"], cfg["mean"], cfg["std"])
+        """From ``config()``'s dict, or the {resize, crop_size} of models and exports made
+        before the geometry was stored."""
+        if "input_size" not in cfg:
+            return cls(cfg["crop_size"], cfg["resize"], cfg["mean"], cfg["std"])
+        return cls(cfg["input_size"], cfg.get("resize"), cfg["mean"], cfg["std"])
 
     def _resized_size(self, h, w):
+        if self.resize is None:
+            return self.height, self.width
         s = self.resize
         return (s, max(s, round(w * s / h))) if h <= w else (max(s, round(h * s / w)), s)
 
     def _crop_box(self, h, w):
-        c = self.crop_size
+        """(left, top, right, bottom) of the input inside the resized image of size h x w."""
+        if self.resize is None:
+            return 0, 0, w, h
+        c = self.height
         top, left = (h - c) // 2, (w - c) // 2
         return left, top, left + c, top + c
 
@@ -101,38 +138,69 @@ class Preprocess:
         h, w = array.shape[:2]
         nh, nw = self._resized_size(h, w)
         img = Image.fromarray(array).resize((nw, nh), resample=resample)
+        if self.resize is None:
+            return np.asarray(img)
         return np.asarray(img.crop(self._crop_box(nh, nw)))
 
     def image(self, rgb):
-        """uint8 [H, W, 3] -> float32 [3, S, S] normalised."""
+        """uint8 [H0, W0, 3] -> float32 [3, H, W] normalised."""
         x = self._geometry(rgb, Image.BILINEAR).astype(np.float32) / 255.0
         return ((x - self.mean) / self.std).transpose(2, 0, 1).copy()
 
     def mask(self, mask):
-        """uint8 [H, W] -> bool [S, S]."""
+        """uint8 [H0, W0] -> bool [H, W]."""
         return self._geometry(mask, Image.NEAREST) > 127
 
     def unnormalise(self, x):
-        """float32 [3, S, S] -> uint8 [S, S, 3] for display."""
+        """float32 [3, H, W] -> uint8 [H, W, 3] for display."""
         rgb = x.transpose(1, 2, 0) * self.std + self.mean
         return (np.clip(rgb, 0, 1) * 255).round().astype(np.uint8)
 
-    def to_original(self, amap, original_hw):
-        """Map an [S, S] float map back onto the original image grid [H, W].
-
-        The inverse of resize + crop: the map is resized bilinearly over the cropped region;
-        pixels outside the crop (only when crop_size < resize) get the map's minimum.
-        """
+    def scored_box(self, original_hw):
+        """(left, top, right, bottom): the pixels of an original H0 x W0 image that are scored."""
         h, w = original_hw
         nh, nw = self._resized_size(h, w)
         left, top, right, bottom = self._crop_box(nh, nw)
         sy, sx = h / nh, w / nw
-        box = (round(left * sx), round(top * sy), round(right * sx), round(bottom * sy))
-        out = np.full((h, w), float(amap.min()), dtype=np.float32)
+        return round(left * sx), round(top * sy), round(right * sx), round(bottom * sy)
+
+    def scored_fraction(self, original_hw):
+        """Fraction of an original image's pixels that the geometry scores (1.0 without crop)."""
+        left, top, right, bottom = self.scored_box(original_hw)
+        return (right - left) * (bottom - top) / float(original_hw[0] * original_hw[1])
+
+    def aspect_warning(self, original_hw):
+        """A one-line warning if the image's aspect ratio is over 2x off the input's, else None."""
+        h, w = original_hw
+        ratio = (w / h) / (self.width / self.height)
+        if max(ratio, 1.0 / ratio) <= 2.0:
+            return None
+        if self.resize is None:
+            return (f"its aspect ratio {w / h:.2f} is over 2x off the model's "
+                    f"{self.width / self.height:.2f}: scored after resizing to "
+                    f"{self.height}x{self.width}, distorted")
+        return (f"its aspect ratio {w / h:.2f} is over 2x off the square crop: only "
+                f"{100 * self.scored_fraction(original_hw):.0f}% of it is scored")
+
+    def to_original(self, amap, original_hw):
+        """Map an [H, W] float map back onto the original image grid [H0, W0].
+
+        The inverse of the geometry: the map is resized bilinearly over the scored region;
+        pixels outside it (crop geometry only) are NaN, i.e. not scored.
+        """
+        h, w = original_hw
+        left, top, right, bottom = self.scored_box(original_hw)
+        out = np.full((h, w), np.nan, dtype=np.float32)
         region = Image.fromarray(np.ascontiguousarray(amap, dtype=np.float32)).resize(
-            (box[2] - box[0], box[3] - box[1]), resample=Image.BILINEAR)
-        out[box[1]:box[3], box[0]:box[2]] = np.asarray(region)
+            (right - left, bottom - top), resample=Image.BILINEAR)
+        out[top:bottom, left:right] = np.asarray(region)
         return out
+
+
+def image_size(path):
+    """(H, W) of an image file from its header (no decoding)."""
+    with _open(path, decode=False) as img:
+        return img.size[1], img.size[0]
 
 
 def list_inputs(path):

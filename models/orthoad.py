@@ -1,7 +1,8 @@
 """The anomaly detector as one Paddle layer: image -> (anomaly map, image score).
 
-Shapes: B images of size S x S, F = C1 + C2 + C3 backbone channels, k projected dimensions,
-h x w the layer1 patch grid (ceil(S/4) x ceil(S/4)).
+Shapes: B images of size H x W, F = C1 + C2 + C3 backbone channels, k projected dimensions,
+h x w the layer1 patch grid (ceil(H/4) x ceil(W/4)), C the Gaussians (h*w, or h*w / c^2 with
+cells of c x c positions).
 
 Every way of running a model (evaluation, predict.py, the exported static graph used by infer.py)
 calls ``OrthoAD.forward``; fitting calls ``OrthoAD.embed`` and ``models.gaussian.PatchGaussian``.
@@ -10,24 +11,27 @@ import numpy as np
 import paddle
 import paddle.nn as nn
 
-from .gaussian import mahalanobis
+from .gaussian import cell_members, mahalanobis
 from .postprocess import AnomalyMapHead
 
 
 class OrthoAD(nn.Layer):
-    """Frozen backbone + projection W + per-position Gaussian + upsampling + blur.
+    """Frozen backbone + projection W + per-cell Gaussian + upsampling + blur.
 
     Args:
         backbone: ``models.backbone.Backbone``.
         projection: float32 ndarray W [F, k] (from ``models.projection.make_projection``).
-        input_size: S, side of the (square, cropped) network input.
-        mean, precision: optional Gaussian [h*w, k] and [h*w, k, k]; set later by ``set_gaussian``.
+        input_size: (H, W) of the network input (an int for a square).
+        mean, precision: optional Gaussian [C, k] and [C, k, k]; set later by ``set_gaussian``.
+        cell: side of the square blocks of grid positions that share one Gaussian (1: one per
+            position, C = h*w).
     """
 
-    def __init__(self, backbone, projection, input_size, mean=None, precision=None):
+    def __init__(self, backbone, projection, input_size, mean=None, precision=None, cell=1):
         super().__init__()
         self.backbone = backbone
-        self.input_size = int(input_size)
+        h, w = (input_size, input_size) if np.isscalar(input_size) else input_size
+        self.input_hw = (int(h), int(w))
         self.k = int(projection.shape[1])
         c1, c2, c3 = backbone.channels
         if projection.shape[0] != c1 + c2 + c3:
@@ -39,27 +43,38 @@ class OrthoAD(nn.Layer):
         for name, part in zip(("w1", "w2", "w3"), (projection[:c1], projection[c1:c1 + c2],
                                                    projection[c1 + c2:])):
             self.register_buffer(name, paddle.to_tensor(part.astype("float32")))
-        self.grid = -(-self.input_size // 4)      # ceil: stride-2 conv1, then stride-2 max-pool
-        self.head = AnomalyMapHead(self.input_size, self.grid)
+        # ceil: stride-2 conv1, then stride-2 max-pool
+        self.grid_hw = (-(-self.input_hw[0] // 4), -(-self.input_hw[1] // 4))
+        self.n_positions = self.grid_hw[0] * self.grid_hw[1]
+        self.cell = int(cell)
+        self.members = cell_members(self.grid_hw, self.cell)                 # [C, c*c]
+        self.n_cells = len(self.members)
+        if self.cell > 1:
+            order = self.members.reshape(-1)
+            self.register_buffer("cell_order", paddle.to_tensor(order))
+            self.register_buffer("cell_inverse", paddle.to_tensor(np.argsort(order)))
+        else:
+            self.cell_order = self.cell_inverse = None
+        self.head = AnomalyMapHead(self.input_hw, self.grid_hw)
         if mean is not None:
             self.set_gaussian(mean, precision)
 
     def set_gaussian(self, mean, precision):
-        """Install the fitted Gaussian: mean [h*w, k], precision [h*w, k, k] (arrays or Tensors).
+        """Install the fitted Gaussian: mean [C, k], precision [C, k, k] (arrays or Tensors).
 
         C-contiguous float32 arrays are shared with the layer, not copied (1.47 GB of precision
         at wide_resnet50_2, k=300).
         """
         mean, precision = shared_tensor(mean), shared_tensor(precision)
-        expected = [self.grid * self.grid, self.k]
+        expected = [self.n_cells, self.k]
         if list(mean.shape) != expected or list(precision.shape) != expected + [self.k]:
             raise ValueError(f"Gaussian of shape {list(mean.shape)} / {list(precision.shape)} "
-                             f"does not fit grid {self.grid}x{self.grid} and k={self.k}")
+                             f"does not fit {self.n_cells} cells and k={self.k}")
         self.register_buffer("mean", mean)
         self.register_buffer("precision", precision)
 
     def embed(self, x):
-        """x [B, 3, S, S] normalised images -> projected embeddings y [B, h*w, k].
+        """x [B, 3, H, W] normalised images -> projected embeddings y [B, h*w, k].
 
         Position-major (channels last): the Gaussian statistics and the Mahalanobis distance work
         on whole k-vectors per position, and the projection's matrix product writes this layout
@@ -77,17 +92,18 @@ class OrthoAD(nn.Layer):
         return y.reshape([-1, size[0] * size[1], self.k])
 
     def score(self, y):
-        """Projected embeddings y [B, h*w, k] -> (anomaly_map [B, 1, S, S], image_score [B])."""
-        dist = mahalanobis(y, self.mean, self.precision).reshape([-1, self.grid, self.grid])
-        return self.head_scores(dist)
+        """Projected embeddings y [B, h*w, k] -> (anomaly_map [B, 1, H, W], image_score [B])."""
+        dist = mahalanobis(y, self.mean, self.precision, self.cell_order,
+                           self.cell_inverse)
+        return self.head_scores(dist.reshape([-1, *self.grid_hw]))
 
     def head_scores(self, dist):
-        """Patch distances [B, h, w] -> (anomaly_map [B, 1, S, S], image_score [B])."""
+        """Patch distances [B, h, w] -> (anomaly_map [B, 1, H, W], image_score [B])."""
         amap = self.head(dist)
         return amap, amap.flatten(1).max(axis=1)
 
     def forward(self, x):
-        """x [B, 3, S, S] -> (anomaly_map [B, 1, S, S], image_score [B])."""
+        """x [B, 3, H, W] -> (anomaly_map [B, 1, H, W], image_score [B])."""
         return self.score(self.embed(x))
 
 

@@ -5,9 +5,9 @@ the Gaussian blur that the references apply with ``scipy.ndimage.gaussian_filter
 separable kernel of radius int(truncate * sigma + 0.5) = 16 (33 taps), with SciPy's 'reflect'
 boundary, which mirrors including the edge pixel (d c b a | a b c d).
 
-Both steps are linear and separable, so together they are one [S, g] matrix A per axis
-(A = blur @ upsample, built in float64 from the two definitions) and the map of a g x g grid is
-A D A^T: two small matrix products instead of an interpolation kernel, padding and two
+Both steps are linear and separable, so together they are one matrix per axis (A = blur @
+upsample, [H, h] for the rows and [W, w] for the columns, built in float64 from the two
+definitions) and the map of an h x w grid D is A_rows D A_cols^T: two small matrix products instead of an interpolation kernel, padding and two
 convolutions (several times faster on the CPU, and plain matmuls in the exported graph).
 """
 import numpy as np
@@ -50,13 +50,25 @@ def bilinear_matrix(n_out, n_in):
 
 
 class AnomalyMapHead(nn.Layer):
-    """[B, g, g] patch distances -> [B, 1, S, S] blurred anomaly map at the input size."""
+    """[B, h, w] patch distances -> [B, 1, H, W] blurred anomaly map at the input size.
 
-    def __init__(self, input_size, grid, sigma=4.0):
+    Args:
+        input_hw: (H, W) of the network input (an int for a square).
+        grid_hw: (h, w) of the patch grid (an int for a square).
+    """
+
+    def __init__(self, input_hw, grid_hw, sigma=4.0):
         super().__init__()
-        op = blur_matrix(int(input_size), sigma) @ bilinear_matrix(int(input_size), int(grid))
-        self.register_buffer("op", paddle.to_tensor(op.astype(np.float32)))      # [S, g]
+        (height, width), (gh, gw) = _pair(input_hw), _pair(grid_hw)
+        rows = blur_matrix(height, sigma) @ bilinear_matrix(height, gh)           # [H, h]
+        cols = blur_matrix(width, sigma) @ bilinear_matrix(width, gw)             # [W, w]
+        self.register_buffer("rows", paddle.to_tensor(rows.astype(np.float32)))
+        self.register_buffer("cols", paddle.to_tensor(cols.astype(np.float32)))
 
     def forward(self, dist):
-        x = paddle.matmul(self.op, dist)                              # [B, S, g]
-        return paddle.matmul(x, self.op, transpose_y=True).unsqueeze(1)
+        x = paddle.matmul(self.rows, dist)                            # [B, H, w]
+        return paddle.matmul(x, self.cols, transpose_y=True).unsqueeze(1)
+
+
+def _pair(v):
+    return (int(v), int(v)) if np.isscalar(v) else (int(v[0]), int(v[1]))

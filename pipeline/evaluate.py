@@ -12,6 +12,8 @@ import visualize
 from datasets.mvtec import MVTecCategory, load_test_item, prefetch_batches
 from utils import atomic_path, ensure_dir, progress
 
+from .geometry import AspectWarnings, batch_for
+
 logger = logging.getLogger(__name__)
 
 
@@ -34,7 +36,7 @@ def eval_options(args, out_dir):
 
 
 def predict_batches(model, items, load, batch_size, desc):
-    """Run the detector over ``items``; yield (loaded items, maps [B, S, S], scores [B])."""
+    """Run the detector over ``items``; yield (loaded items, maps [B, H, W], scores [B])."""
     bar = progress(len(items), desc)
     try:
         for batch in prefetch_batches(items, load, batch_size):
@@ -52,20 +54,30 @@ def evaluate_category(model, data_path, category, opts):
 
     Returns:
         dict with category, n_test, image_auroc, pixel_auroc, [au_pro], [paper_pro, paper_roc],
-        eval_seconds, eval_img_per_s (undefined metrics are None).
+        unscored_defect_frac (share of the defect pixels outside the scored region, left out of
+        the pixel metrics), eval_seconds, eval_img_per_s (undefined metrics are None).
     """
     start = time.perf_counter()
     samples = MVTecCategory(data_path, category).test_samples()
     pre, meta = model.preprocess, model.meta
     labels = np.array([s.label for s in samples])
     scores, maps, masks, orig_maps, orig_masks = [], [], [], [], []
+    aspect = AspectWarnings(pre)
+    defect_px = unscored_px = 0
     i = 0
     for batch, amaps, bscores in predict_batches(model, samples,
                                                  lambda s: load_test_item(s, pre),
-                                                 opts.batch_size, f"eval {category}"):
+                                                 batch_for(opts.batch_size, pre.input_hw),
+                                                 f"eval {category}"):
         for (x, mask, hw, mask_orig), amap, score in zip(batch, amaps, bscores):
             sample = samples[i]
             i += 1
+            aspect.check(sample.path, hw)
+            if sample.mask_path is not None:
+                left, top, right, bottom = pre.scored_box(hw)
+                defect = mask_orig > 127
+                defect_px += int(defect.sum())
+                unscored_px += int(defect.sum() - defect[top:bottom, left:right].sum())
             scores.append(float(score))
             maps.append(amap)
             masks.append(mask)
@@ -83,6 +95,12 @@ def evaluate_category(model, data_path, category, opts):
                     os.path.join(opts.pic_dir, category, f"{sample.defect}_{stem}.png"),
                     pre.unnormalise(x), amap, float(score), model.threshold, vmin, vmax, mask,
                     title=f"{category}/{sample.defect}/{stem}")
+    aspect.close(f"the {len(samples)} test images")
+    if unscored_px:
+        logger.warning("%s: %.1f%% of the defect pixels (%d of %d) lie outside the centre crop: "
+                       "they are never scored and the pixel metrics leave them out; fit with "
+                       "--input_size auto or H W to score whole images", category,
+                       100.0 * unscored_px / defect_px, unscored_px, defect_px)
     eval_s = time.perf_counter() - start
     logger.info("%s: scored %d test images in %.1f s (%.1f img/s)", category, len(samples),
                 eval_s, len(samples) / eval_s)
@@ -100,6 +118,7 @@ def evaluate_category(model, data_path, category, opts):
     if opts.paper_metrics:
         row["paper_pro"], row["paper_roc"] = metrics.paper_pro_roc(np.stack(masks),
                                                                    np.stack(maps))
+    row["unscored_defect_frac"] = unscored_px / defect_px if defect_px else None
     row["eval_seconds"] = eval_s
     row["eval_img_per_s"] = len(samples) / eval_s
     for name in ("image_auroc", "pixel_auroc", "au_pro"):

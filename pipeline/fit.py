@@ -14,13 +14,14 @@ import numpy as np
 import paddle
 
 from datasets.mvtec import MVTecCategory, prefetch_batches
-from datasets.transforms import Preprocess, load_rgb
+from datasets.transforms import load_rgb
 from models import linalg
 from models.gaussian import PatchGaussian
 from models.orthoad import OrthoAD
 from models.projection import make_projection
 from utils import library_versions, progress
 
+from .geometry import batch_for, choose, choose_cell, stats_bytes
 from .model import Model
 
 logger = logging.getLogger(__name__)
@@ -28,28 +29,34 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class FitConfig:
+    """How to fit. ``input_size``: 'auto' or (H, W); ``resize`` / ``crop_size``: the classic
+    geometry's flags or None; ``cell``: 'auto' or the side of the blocks of positions that share
+    a Gaussian (see ``pipeline.geometry``)."""
     method: str = "ortho"
     arch: str = "resnet18"
     k: int = 100
     seed: int = 0
-    resize: int = 256
-    crop_size: int = 256
+    resize: int = None
+    crop_size: int = None
     batch_size: int = 16
     eps: float = 0.01
     holdout: float = 0.1
+    input_size: object = "auto"
+    cell: object = "auto"
 
 
-MAX_HOLDOUT = 32   # held-out embeddings stay in memory until they join the sums: keep it bounded
+MAX_HOLDOUT = 32          # held-out embeddings stay in memory until they join the sums: keep
+HOLDOUT_BYTES = 2 << 30   # both their number and their bytes bounded
 
 THRESHOLD_RULE = ("max(max(s), mean(s) + 3 * std(s)) of the image scores s of held-out normal "
                   "training images")
 
 
-def split_holdout(files, fraction, seed):
+def split_holdout(files, fraction, seed, max_hold=MAX_HOLDOUT):
     """(files to fit, files held out for the threshold): a seeded draw of ``fraction`` of the
-    files, at least 1 and at most ``MAX_HOLDOUT``, leaving at least 2 to fit."""
+    files, at least 1 and at most ``max_hold``, leaving at least 2 to fit."""
     n_hold = 0 if fraction <= 0 else max(1, int(round(fraction * len(files))))
-    n_hold = min(n_hold, MAX_HOLDOUT, len(files) - 2)
+    n_hold = min(n_hold, max_hold, len(files) - 2)
     if n_hold <= 0:
         return files, []
     idx = np.random.default_rng(seed).permutation(len(files))
@@ -91,10 +98,9 @@ def _score_holdout(detector, gauss, files, preprocess, batch_size, category):
     t = time.perf_counter()
     dist = np.sqrt(np.maximum(gauss.squared_distances(held), 0.0)).astype(np.float32)
     stats_s = time.perf_counter() - t
-    grid = detector.grid
     with paddle.no_grad():
         scored = [detector.head_scores(paddle.to_tensor(dist[i:i + batch_size])
-                                       .reshape([-1, grid, grid]))
+                                       .reshape([-1, *detector.grid_hw]))
                   for i in range(0, len(dist), batch_size)]
     scores = np.concatenate([s.numpy() for _, s in scored])
     vmin = float(min(m.min().item() for m, _ in scored))
@@ -110,18 +116,27 @@ def fit_category(data_path, category, cfg, backbone):
     """
     start = time.perf_counter()
     files = MVTecCategory(data_path, category).train_files()
-    preprocess = Preprocess(cfg.resize, cfg.crop_size)
+    preprocess, geometry = choose(files, cfg.input_size, cfg.resize, cfg.crop_size)
     w = make_projection(cfg.method, sum(backbone.channels), cfg.k, cfg.seed)
-    detector = OrthoAD(backbone, w, cfg.crop_size)
-    fit_files, hold_files = split_holdout(files, cfg.holdout, cfg.seed)
-    gauss = PatchGaussian(eps=cfg.eps)
-    for y in embed_files(detector, fit_files, preprocess, cfg.batch_size, f"fit {category}"):
+    grid_hw = (-(-preprocess.height // 4), -(-preprocess.width // 4))
+    cell = choose_cell(grid_hw, cfg.k, cfg.cell)
+    detector = OrthoAD(backbone, w, preprocess.input_hw, cell=cell)
+    n_pos = detector.n_positions
+    batch = batch_for(cfg.batch_size, preprocess.input_hw)
+    max_hold = max(1, min(MAX_HOLDOUT, HOLDOUT_BYTES // (n_pos * cfg.k * 4)))
+    fit_files, hold_files = split_holdout(files, cfg.holdout, cfg.seed, max_hold)
+    logger.info("%s: %dx%d patch grid, %s, %d Gaussians of k=%d (%.2f GB of statistics)",
+                category, *detector.grid_hw,
+                "one Gaussian per position" if cell == 1 else f"{cell}x{cell} cells",
+                detector.n_cells, cfg.k, stats_bytes(detector.n_cells, cfg.k) / 1e9)
+    gauss = PatchGaussian(eps=cfg.eps, members=detector.members if cell > 1 else None)
+    for y in embed_files(detector, fit_files, preprocess, batch, f"fit {category}"):
         gauss.partial_fit(y)
     finalize_s = 0.0
     threshold, display, scores = None, {"vmin": None, "vmax": None}, []
     if hold_files:
         held, scores, vmin, finalize_s = _score_holdout(detector, gauss, hold_files, preprocess,
-                                                        cfg.batch_size, category)
+                                                        batch, category)
         threshold = threshold_rule(scores)
         display = {"vmin": vmin, "vmax": vmin + 2.0 * (threshold - vmin)}
         gauss.partial_fit(held)
@@ -132,8 +147,11 @@ def fit_category(data_path, category, cfg, backbone):
     elapsed = time.perf_counter() - start
     meta = {
         "method": cfg.method, "arch": cfg.arch, "k": cfg.k, "seed": cfg.seed,
-        "resize": cfg.resize, "crop_size": cfg.crop_size, "eps": cfg.eps,
-        "grid": detector.grid, "feature_dim": int(w.shape[0]), "category": category,
+        "resize": preprocess.resize, "crop_size": preprocess.config()["crop_size"],
+        "input_size": list(preprocess.input_hw),
+        "geometry": dict(preprocess.config(), **geometry), "eps": cfg.eps,
+        "grid": list(detector.grid_hw), "cell": cell, "n_cells": detector.n_cells,
+        "feature_dim": int(w.shape[0]), "category": category,
         "n_train": len(files), "weights_source": backbone.weights_source,
         "weights_sha256": backbone.weights_sha256,
         "threshold": {"image": threshold, "pixel": threshold, "n_holdout": len(hold_files),

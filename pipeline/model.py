@@ -31,13 +31,17 @@ class Model:
         """The scoring layer (image -> anomaly map, image score), built once."""
         if self._detector is None:
             a = self.arrays
-            self._detector = OrthoAD(self.backbone, a["projection"], self.meta["crop_size"],
-                                     a["mean"], a["precision"])
+            self._detector = OrthoAD(self.backbone, a["projection"], self.preprocess.input_hw,
+                                     a["mean"], a["precision"], self.meta.get("cell", 1))
         return self._detector
 
     @property
     def preprocess(self):
-        return Preprocess(self.meta["resize"], self.meta["crop_size"])
+        """The model's input geometry and normalisation (``datasets.transforms.Preprocess``)."""
+        geometry = self.meta.get("geometry")
+        if geometry is None:                   # models made before the geometry was stored
+            return Preprocess(self.meta["crop_size"], self.meta["resize"])
+        return Preprocess.from_config(geometry)
 
     @property
     def threshold(self):

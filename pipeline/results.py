@@ -35,7 +35,8 @@ def results_table(rows):
 def write_results(path, rows):
     """CSV with a row per category and a mean row (undefined metrics left empty)."""
     cols = ["category", "n_test"] + [c for c in METRIC_COLUMNS if any(c in r for r in rows)]
-    cols += [c for c in ("fit_seconds", "eval_seconds") if any(c in r for r in rows)]
+    cols += [c for c in ("unscored_defect_frac", "fit_seconds", "eval_seconds")
+             if any(c in r for r in rows)]
     clean = [{k: ("" if v is None else v) for k, v in r.items()} for r in rows + [mean_row(rows)]]
     write_csv(path, clean, cols)
     return path

@@ -13,8 +13,10 @@ data_path=$(mode_value "$raw" "$MODE" "$FILENAME" 6) || exit 2
 
 if [ "$MODE" == "lite_train_lite_infer" ]; then
     rm -rf "$data_path"
+    # rectangular 96 x 160 images: OrthoAD's config scores them whole (--input_size 96 160),
+    # PaDiM's with the classic resize 128 + centre crop 112
     $python -m datasets.synthetic --out "$data_path" --categories brick --n_train 12 \
-        --n_good 3 --n_defect 6 --size 128 --seed 0 || exit 1
+        --n_good 3 --n_defect 6 --size 160 --height 96 --seed 0 || exit 1
 else
     if [ ! -d "$data_path" ]; then
         echo "test_tipc: error: $MODE needs MVTec AD at '$data_path'; download it from" \

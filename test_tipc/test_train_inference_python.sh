@@ -23,21 +23,22 @@ save_path=$(m 8 --save_path) || exit 2
 train_batch=$(m 9 --batch_size) || exit 2
 resize=$(m 10 --resize) || exit 2
 crop_size=$(m 11 --crop_size) || exit 2
-pretrained=$(m 12 --pretrained) || exit 2
-trainer=$(v 14 trainer) || exit 2
-norm_train=$(v 15 norm_train) || exit 2
-eval_cmd=$(v 18 eval) || exit 2
-export_dir=$(m 21 --save_dir) || exit 2
-norm_export=$(v 22 norm_export) || exit 2
-inference=$(v 24 inference) || exit 2
-infer_use_gpu=$(v 25 --use_gpu) || exit 2
-infer_mkldnn=$(v 26 --enable_mkldnn) || exit 2
-infer_threads=$(v 27 --cpu_threads) || exit 2
-infer_batch=$(v 28 --batch_size) || exit 2
-infer_precision=$(v 29 --precision) || exit 2
-infer_input=$(m 30 --input_file) || exit 2
-infer_benchmark=$(v 31 --enable_benchmark) || exit 2
-[ "$trainer" == "norm_train" ] || { echo "test_tipc: error: $FILENAME line 14: trainer '$trainer' is not supported; use norm_train" >&2; exit 2; }
+input_size=$(m 12 --input_size) || exit 2
+pretrained=$(m 13 --pretrained) || exit 2
+trainer=$(v 15 trainer) || exit 2
+norm_train=$(v 16 norm_train) || exit 2
+eval_cmd=$(v 19 eval) || exit 2
+export_dir=$(m 22 --save_dir) || exit 2
+norm_export=$(v 23 norm_export) || exit 2
+inference=$(v 25 inference) || exit 2
+infer_use_gpu=$(v 26 --use_gpu) || exit 2
+infer_mkldnn=$(v 27 --enable_mkldnn) || exit 2
+infer_threads=$(v 28 --cpu_threads) || exit 2
+infer_batch=$(v 29 --batch_size) || exit 2
+infer_precision=$(v 30 --precision) || exit 2
+infer_input=$(m 31 --input_file) || exit 2
+infer_benchmark=$(v 32 --enable_benchmark) || exit 2
+[ "$trainer" == "norm_train" ] || { echo "test_tipc: error: $FILENAME line 15: trainer '$trainer' is not supported; use norm_train" >&2; exit 2; }
 
 LOG_PATH="./test_tipc/output/${model_name}"
 mkdir -p "$LOG_PATH"
@@ -58,7 +59,11 @@ run_step() {   # run_step NAME COMMAND...
 }
 gpu_available() { $python -c "import paddle,sys; sys.exit(0 if paddle.device.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0 else 1)" 2>/dev/null; }
 
-data_args="--data_path=${data_path} --category=${category} --save_path=${save_path} --resize=${resize} --crop_size=${crop_size}"
+# geometry: 'auto' leaves a flag out (the model chooses; see README "Input geometry")
+data_args="--data_path=${data_path} --category=${category} --save_path=${save_path}"
+[ "$resize" == "auto" ] || data_args+=" --resize=${resize}"
+[ "$crop_size" == "auto" ] || data_args+=" --crop_size=${crop_size}"
+[ "$input_size" == "auto" ] || data_args+=" --input_size ${input_size}"
 echo "TIPC ${model_name} ${MODE}: logs in ${LOG_PATH}"
 
 # ---- train (+ eval)

@@ -145,6 +145,26 @@ def _case_bad_bool(base, tmp):
     return _train(base["data"], tmp, "--eval=maybe"), "expected true or false"
 
 
+def _case_input_size_too_small(base, tmp):
+    return _train(base["data"], tmp, "--input_size", "16"), "--input_size 16 is too small"
+
+
+def _case_input_size_not_stride(base, tmp):
+    return _train(base["data"], tmp, "--input_size", "64", "100"), "not a multiple of the stride"
+
+
+def _case_input_size_malformed(base, tmp):
+    return _train(base["data"], tmp, "--input_size", "64x64"), "--input_size 64x64 is malformed"
+
+
+def _case_input_size_and_crop(base, tmp):
+    return _train(base["data"], tmp, "--input_size", "64", "64"), "give one or the other"
+
+
+def _case_cell_not_dividing(base, tmp):
+    return _train(base["data"], tmp, "--cell", "3"), "--cell 3 does not divide"
+
+
 def _case_crop_larger_than_resize(base, tmp):
     return _train(base["data"], tmp, "--crop_size", "96"), "larger than --resize"
 

@@ -12,16 +12,23 @@ from utils import model_path
 
 
 def _fit(data, save, crop, category="gravel", extra=()):
+    geometry = ["--resize", "256", "--crop_size", str(crop)] if crop else []
     args = train.get_args(["--data_path", data, "--category", category, "--k", "8",
-                           "--no-pretrained", "--resize", "256", "--crop_size", str(crop),
-                           "--save_path", save, *extra])
+                           "--no-pretrained", "--save_path", save, *geometry, *extra])
     train.main(args)
     return model_path(save, "ortho", "resnet18", 8, category)
 
 
-@pytest.mark.parametrize("crop", [256, 224, 216])      # 216: grid 54 / 27 / 14, index upsampling
-def test_predict_and_paddle_inference_agree(demo_root, tmp_path, crop):
-    path = _fit(demo_root, str(tmp_path / "m"), crop)
+GEOMETRIES = {"crop256": (256, ()), "crop224": (224, ()),
+              "crop216": (216, ()),               # grid 54 / 27 / 14: index upsampling
+              "rect_cells": (None, ("--input_size", "96", "160", "--cell", "2"))}
+
+
+@pytest.mark.parametrize("geometry", sorted(GEOMETRIES))
+def test_predict_and_paddle_inference_agree(demo_root, tmp_path, geometry):
+    crop, extra = GEOMETRIES[geometry]
+    path = _fit(demo_root, str(tmp_path / "m"), crop, extra=extra)
+    shape = (crop, crop) if crop else (96, 160)
     exp = str(tmp_path / "export")
     export_model.main(export_model.get_args(["--model_path", path, "--save_dir", exp]))
     assert sorted(os.listdir(exp)) == ["deploy.json", "model.json", "model.pdiparams"]
@@ -38,7 +45,7 @@ def test_predict_and_paddle_inference_agree(demo_root, tmp_path, crop):
                                         "--cpu_threads", "1", "--enable_mkldnn", mkldnn]))
         assert [r["path"] for r in dy] == [r["path"] for r in st]
         for a, b in zip(dy, st):
-            assert a["map"].shape == (crop, crop)
+            assert a["map"].shape == shape
             np.testing.assert_allclose(a["map"], b["map"], rtol=tol, atol=tol)
             assert a["score"] == pytest.approx(b["score"], rel=tol / 10)
             assert a["verdict"] == b["verdict"] != "unknown"

@@ -117,23 +117,23 @@ def test_head_is_bilinear_upsampling_then_scipy_blur():
         np.testing.assert_allclose(out[b, 0], gaussian_filter(up, sigma=4), atol=1e-5)
 
 
-@pytest.mark.parametrize("size", [64, 72])       # 72: grids 18 / 9 / 5, non-integer factors
+@pytest.mark.parametrize("size", [(64, 64), (72, 72), (64, 112), (72, 40)])  # 72: 18 / 9 / 5
 def test_per_layer_projection_equals_projecting_the_concatenation(size):
     bb = Backbone("resnet18", pretrained=False, seed=0)
     w = make_projection("ortho", 448, 16, seed=0)
     det = OrthoAD(bb, w, size)
-    x = paddle.to_tensor(np.random.default_rng(6).standard_normal((2, 3, size, size))
+    x = paddle.to_tensor(np.random.default_rng(6).standard_normal((2, 3, *size))
                          .astype("float32"))
     with paddle.no_grad():
         f1, f2, f3 = bb(x)
         y = det.embed(x).numpy()
-        g = f1.shape[2]
-        up = [paddle.nn.functional.interpolate(f, size=[g, g], mode="nearest").numpy()
+        g = list(f1.shape[2:])
+        up = [paddle.nn.functional.interpolate(f, size=g, mode="nearest").numpy()
               for f in (f2, f3)]
-    emb = np.concatenate([f1.numpy()] + up, axis=1)                # [B, 448, g, g]
+    emb = np.concatenate([f1.numpy()] + up, axis=1)                # [B, 448, h, w]
     ref = np.einsum("bfhw,fk->bhwk", emb.astype(np.float64), w.astype(np.float64))
-    ref = ref.reshape(2, g * g, 16)                                # [B, P, k], position-major
-    assert g == det.grid
+    ref = ref.reshape(2, g[0] * g[1], 16)                          # [B, P, k], position-major
+    assert tuple(g) == det.grid_hw == (-(-size[0] // 4), -(-size[1] // 4))
     np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4)
 
 
@@ -160,3 +160,69 @@ def test_upsample_nearest_equals_paddle_interpolate(size, target):
     ref = paddle.nn.functional.interpolate(y, size=target, mode="nearest").numpy()
     out = upsample_nearest(y.transpose([0, 2, 3, 1]), target).numpy()      # channels last
     np.testing.assert_array_equal(out, ref.transpose(0, 2, 3, 1))
+
+
+def test_cells_group_neighbouring_positions():
+    from models.gaussian import cell_members
+    m = cell_members((4, 6), 2)
+    assert m.shape == (6, 4)
+    np.testing.assert_array_equal(m[0], [0, 1, 6, 7])              # rows 0-1, columns 0-1
+    np.testing.assert_array_equal(m[4], [14, 15, 20, 21])          # rows 2-3, columns 2-3
+    assert sorted(m.ravel().tolist()) == list(range(24))
+    with pytest.raises(UserError, match="does not divide"):
+        cell_members((4, 6), 4)
+
+
+def _pooled_two_pass(y, members, eps=0.01):
+    """float64 Gaussian of each cell from all embeddings of its positions: y [N, P, k]."""
+    rows = y.astype(np.float64)[:, members]                        # [N, C, m, k]
+    rows = rows.transpose(1, 0, 2, 3).reshape(len(members), -1, y.shape[2])
+    mu = rows.mean(axis=1)
+    c = rows - mu[:, None]
+    return mu, np.einsum("cnk,cnl->ckl", c, c) / (rows.shape[1] - 1) + eps * np.eye(y.shape[2])
+
+
+def test_cell_gaussian_and_distances_match_a_pooled_float64_oracle():
+    from models.gaussian import cell_members
+    rng = np.random.default_rng(7)
+    grid, k = (6, 8), 5
+    members = cell_members(grid, 2)
+    y = (20 + rng.standard_normal((23, 48, k)) * rng.uniform(0.5, 2, (1, 48, k))).astype(np.float32)
+    g = PatchGaussian(buffer=16, members=members)
+    for i in range(0, 23, 5):
+        g.partial_fit(y[i:i + 5])
+    test = (20 + 2 * rng.standard_normal((3, 48, k))).astype(np.float32)
+    q = g.squared_distances(test)                                  # before finalize: Cholesky
+    g.finalize()
+    mu, cov = _pooled_two_pass(y, members)
+    assert g.n_samples_seen_ == 23 and g.mean_.shape == (12, k)
+    np.testing.assert_allclose(g.mean_, mu, atol=1e-5)
+    np.testing.assert_allclose(g.covariance(), cov, rtol=1e-7, atol=1e-9)
+    prec = np.linalg.inv(cov)
+    np.testing.assert_allclose(g.precision_, prec, rtol=1e-5, atol=1e-6)
+    cell_of = np.empty(48, int)
+    cell_of[members] = np.arange(12)[:, None]
+    d = test.astype(np.float64) - mu[cell_of]
+    ref = np.einsum("bpk,pkl,bpl->bp", d, prec[cell_of], d)
+    np.testing.assert_allclose(q, ref, rtol=1e-9)
+    det_d = mahalanobis(paddle.to_tensor(test), paddle.to_tensor(g.mean_),
+                        paddle.to_tensor(g.precision_),
+                        paddle.to_tensor(members.ravel()),
+                        paddle.to_tensor(np.argsort(members.ravel()))).numpy()
+    np.testing.assert_allclose(det_d, np.sqrt(ref), rtol=1e-4)
+
+
+def test_merged_gaussians_equal_one_fit():
+    """Sums of two Gaussians with different shifts merge into exactly the one-process sums."""
+    rng = np.random.default_rng(8)
+    y = (500 + rng.standard_normal((30, 10, 4))).astype(np.float32)
+    whole = PatchGaussian(buffer=8).fit([y[:7], y[7:19], y[19:]])
+    a = PatchGaussian(buffer=8).partial_fit(y[:12])
+    b = PatchGaussian(buffer=8).partial_fit(y[12:20] + 0).partial_fit(y[20:])
+    assert not np.array_equal(a.state()["shift"], b.state()["shift"])
+    a.merge(b).finalize()
+    assert a.n_samples_seen_ == 30
+    np.testing.assert_allclose(a.covariance(), whole.covariance(), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(a.mean_, whole.mean_, rtol=1e-7)
+    c = PatchGaussian().merge(PatchGaussian().partial_fit(y)).finalize()   # into an empty one
+    np.testing.assert_allclose(c.covariance(), whole.covariance(), rtol=1e-9, atol=1e-12)
