@@ -2,6 +2,9 @@
 
 Each script builds its parser from these groups, so one flag means the same thing everywhere.
 """
+import os
+import sys
+
 from models.backbone import ARCHS, feature_dim
 from models.projection import PROJECTIONS
 from utils import UserError, positive_int
@@ -70,6 +73,18 @@ def add_eval_args(parser):
     parser.add_argument("--eval_size", type=str, default="input", choices=["input", "original"],
                         help="compute the metrics at the network input size or on maps resized "
                              "to each image's original size (official protocol)")
+    parser.add_bool("--report", False, "write report.html: metrics, ROC / PRO curves, score "
+                    "histograms with the threshold, worst false positives and negatives")
+
+
+def add_calibration_args(parser):
+    parser.add_argument("--calibration_dir", type=str, default=None,
+                        help="labelled images that set the thresholds: DIR/good/, DIR/<defect>/, "
+                             "masks optional in DIR/ground_truth/<defect>/<stem>_mask.png (or "
+                             "DIR/<category>/... for several categories); never test images")
+    parser.add_argument("--threshold_target", type=str, default="f1",
+                        help="with --calibration_dir: f1 (best F1) or fpr=F (at most a share F of "
+                             "the normal images rejected, e.g. fpr=0.01)")
 
 
 def check_common(args):
@@ -92,3 +107,15 @@ def apply_threads(args):
     linalg.set_threads(getattr(args, "cpu_threads", None))
     paddle.base.core.set_num_threads(linalg.n_threads())
     return linalg.n_threads()
+
+
+def run_info(args, weights_source):
+    """Facts about a run for the report's header."""
+    info = {"command": " ".join(os.path.basename(a) if i == 0 else a
+                                for i, a in enumerate(sys.argv)),
+            "method / arch / k": f"{args.method} / {args.arch} / {args.k}",
+            "backbone weights": weights_source}
+    if getattr(args, "eval_size", None):
+        info["metrics at"] = "the network input size" if args.eval_size == "input" else \
+            "each image's original size"
+    return info

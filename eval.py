@@ -12,7 +12,7 @@ import cli  # noqa: E402
 from datasets.mvtec import resolve_categories  # noqa: E402
 from pipeline import model as models_io  # noqa: E402
 from pipeline.evaluate import eval_options, evaluate_category  # noqa: E402
-from pipeline.results import results_table, write_results  # noqa: E402
+from pipeline.results import RunResults  # noqa: E402
 
 logger = logging.getLogger("eval")
 
@@ -44,17 +44,20 @@ def main(args):
     opts = eval_options(args, out_dir)
     expect = {"method": args.method, "arch": args.arch, "k": args.k, "resize": args.resize,
               "crop_size": args.crop_size}
-    rows = []
+    results = None
     for category in categories:
         path = args.model_path or model_path(args.save_path, args.method, args.arch, args.k,
                                              category)
         model = models_io.load(path, expect, args.weights)
-        rows.append(evaluate_category(model, args.data_path, category, opts))
-        write_results(os.path.join(out_dir, "results.csv"), rows)
+        if results is None:
+            results = RunResults(out_dir, args.report,
+                                 cli.run_info(args, model.meta["weights_source"]))
+        result = evaluate_category(model, args.data_path, category, opts)
+        results.add(result.row, result)
         del model
-    print(results_table(rows))
+    print(results.finish())
     print(f"results.csv in {out_dir}")
-    return rows
+    return results.rows
 
 
 if __name__ == "__main__":

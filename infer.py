@@ -42,7 +42,8 @@ def get_args(argv=None):
     p.add_argument("--precision", type=str, default="fp32", choices=["fp32"],
                    help="fp32 only: the per-patch precision matrices need float32 (kept for "
                         "TIPC's --precision flag)")
-    p.add_argument("--threshold", type=float, default=None, help="override deploy.json's")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="override deploy.json's image and pixel thresholds")
     p.add_bool("--save_pic", True, "write a figure per image")
     p.add_bool("--enable_benchmark", False,
                "print pre-process / inference / post-process times and peak RSS")
@@ -138,8 +139,9 @@ def main(args):
     deploy = read_deploy(args)
     files = list_inputs(args.input_file)
     pre = Preprocess.from_config(deploy["preprocess"])
-    threshold = args.threshold if args.threshold is not None else \
-        (deploy.get("threshold") or {}).get("image")
+    threshold, pixel_threshold = visualize.thresholds(deploy)
+    if args.threshold is not None:
+        threshold = pixel_threshold = args.threshold
     runner = Predictor(args)
     t_pre = t_inf = t_post = 0.0
     results = []
@@ -162,7 +164,7 @@ def main(args):
                 vmin, vmax = visualize.display_range(deploy, amap)
                 row["picture"] = visualize.save_prediction(
                     args.save_path, f, pre.unnormalise(xi), amap, float(score), threshold,
-                    vmin, vmax)
+                    vmin, vmax, pixel_threshold)
             results.append(row)
             print(f"{f}\tscore {row['score']:.4f}\t{row['verdict']}")
         t_post += time.perf_counter() - t2

@@ -3,9 +3,16 @@
 Shapes: N test images, maps and masks [N, H, W] (or lists of N arrays [H_i, W_i] when the
 images differ in size); labels and image scores [N].
 
-* ``image_auroc`` / ``pixel_auroc``: scikit-learn's ROC AUC.
-* ``au_pro``: the per-region overlap curve integrated up to a false positive rate limit, exactly
-  as the official MVTec AD evaluation (v1.0) computes it.
+* ``image_auroc``: scikit-learn's ROC AUC of the image scores.
+* ``PixelSet``: the pixels of many maps, for the pixel metrics from ONE in-place sort of the
+  scores (4 bytes per pixel, plus 8 per defect pixel):
+  - ``auroc``: pixel ROC AUC, exact (the Mann-Whitney statistic with ties counted half, which
+    is what scikit-learn's ``roc_auc_score`` computes);
+  - ``au_pro``: the per-region overlap curve integrated up to a false positive rate limit,
+    exactly as the official MVTec AD evaluation (v1.0) computes it, streamed in chunks;
+  - ``f1_threshold`` / ``fpr_threshold``: pixel thresholds for calibration.
+  ``pixel_auroc`` and ``au_pro`` are the same for a list of maps.
+* ``confusion`` / ``best_f1_threshold`` / ``fpr_threshold``: image verdicts at a threshold.
 * ``paper_pro_roc``: the thresholded protocol of the OrthoAD paper's code (its PRO .942 / ROC .982
   figures), for comparison only.
 A metric that is undefined for the data (a single class) returns None, never NaN.
@@ -29,101 +36,224 @@ def image_auroc(labels, scores):
     return float(roc_auc_score(labels, np.asarray(scores, dtype=np.float64)))
 
 
-def _flat(arrays, dtype=None):
-    """[N, H, W] array or list of [H_i, W_i] arrays -> one flat array of all pixels."""
-    if isinstance(arrays, np.ndarray):
-        return arrays.ravel() if dtype is None else arrays.astype(dtype, copy=False).ravel()
-    return np.concatenate([np.asarray(a, dtype=dtype).ravel() for a in arrays])
+class PixelSet:
+    """Scores of the pixels of many maps, with the defect pixels' regions, for exact pixel
+    metrics from one sort.
+
+    Args:
+        capacity: expected number of pixels (the buffer grows if more are added).
+    """
+
+    def __init__(self, capacity=0):
+        self._scores = np.empty(max(int(capacity), 1), dtype=np.float32)
+        self.n = 0
+        self._d_scores, self._d_comps = [], []
+        self._n_labels = 0
+        self._sorted = False
+
+    @classmethod
+    def from_maps(cls, masks, maps):
+        size = sum(np.asarray(m).size for m in maps)
+        out = cls(size)
+        for mask, amap in zip(masks, maps):
+            out.add(amap, mask)
+        return out
+
+    def add(self, amap, mask):
+        """Add one map [H, W] and its bool mask [H, W] (NaN scores: unscored, left out)."""
+        if self._sorted:
+            raise ValueError("PixelSet is closed: add every map before computing a metric")
+        s = np.asarray(amap, dtype=np.float32).ravel()
+        m = np.asarray(mask, dtype=bool)
+        scored = np.isfinite(s)
+        if self.n + int(scored.sum()) > len(self._scores):
+            grown = np.empty(max(2 * len(self._scores), self.n + s.size), dtype=np.float32)
+            grown[:self.n] = self._scores[:self.n]
+            self._scores = grown
+        kept = s if scored.all() else s[scored]
+        self._scores[self.n:self.n + kept.size] = kept
+        self.n += kept.size
+        if m.any():
+            lab, k = ndimage.label(m, structure=_EIGHT_CONNECTED)
+            lab = lab.ravel()
+            defect = (lab > 0) & scored
+            self._d_scores.append(s[defect])
+            self._d_comps.append((lab[defect] + self._n_labels).astype(np.int32))
+            self._n_labels += k
+
+    def _close(self):
+        """Sort the scores in place (once) and gather the defect pixels."""
+        if not self._sorted:
+            self._scores = self._scores[:self.n]
+            self._scores.sort()
+            self.d_scores = np.concatenate(self._d_scores) if self._d_scores else \
+                np.zeros(0, np.float32)
+            self.d_comps = np.concatenate(self._d_comps) if self._d_comps else \
+                np.zeros(0, np.int32)
+            self._d_scores = self._d_comps = None
+            self.sizes = np.bincount(self.d_comps, minlength=self._n_labels + 1)
+            self.n_regions = int(np.count_nonzero(self.sizes[1:]))
+            self.n_defect = int(self.d_scores.size)
+            self.n_ok = self.n - self.n_defect
+            self._sorted = True
+        return self._scores
+
+    @property
+    def defined(self):
+        """True if there are both defect and normal pixels."""
+        self._close()
+        return self.n_defect > 0 and self.n_ok > 0
+
+    # ----------------------------------------------------------------- ROC
+
+    def _counts_at_or_above(self, values):
+        """(#pixels >= v, #defect pixels >= v) for each v of ``values``."""
+        asc = self._close()
+        d_asc = np.sort(self.d_scores)
+        return (self.n - np.searchsorted(asc, values, side="left"),
+                self.n_defect - np.searchsorted(d_asc, values, side="left"))
+
+    def auroc(self, chunk=1 << 22):
+        """Pixel ROC AUC; None without defect or normal pixels."""
+        if not self.defined:
+            return None
+        asc, d_asc = self._scores, np.sort(self.d_scores)
+        u = 0.0
+        for lo in range(0, self.n_defect, chunk):
+            s = d_asc[lo:lo + chunk]
+            less = np.searchsorted(asc, s, side="left") - np.searchsorted(d_asc, s, side="left")
+            equal = (np.searchsorted(asc, s, side="right") - np.searchsorted(asc, s, side="left")
+                     - np.searchsorted(d_asc, s, side="right")
+                     + np.searchsorted(d_asc, s, side="left"))
+            u += float(less.sum(dtype=np.float64)) + 0.5 * float(equal.sum(dtype=np.float64))
+        return u / (float(self.n_defect) * float(self.n_ok))
+
+    def roc_curve(self, points=512):
+        """(fpr, tpr) at ``points`` quantile thresholds, for plots."""
+        if not self.defined:
+            return None
+        asc = self._close()
+        idx = np.unique(np.linspace(0, self.n - 1, points).astype(np.int64))
+        at_or_above, d_at_or_above = self._counts_at_or_above(asc[idx][::-1])
+        fpr = (at_or_above - d_at_or_above) / self.n_ok
+        tpr = d_at_or_above / self.n_defect
+        return np.concatenate([[0.0], fpr, [1.0]]), np.concatenate([[0.0], tpr, [1.0]])
+
+    # ----------------------------------------------------------------- PRO
+
+    def au_pro(self, limit=0.3, curve_points=0, chunk=1 << 22):
+        """Normalised area under the PRO curve up to FPR ``limit`` (official definition).
+
+        The curve has a point at the end of every run of equal scores (descending), FPR in
+        float32 as the official code; it is streamed in chunks and stops at the first point past
+        ``limit`` (float32 rounding included), so memory stays O(chunk).
+
+        Returns:
+            float in [0, 1], or None without defect regions or normal pixels; with
+            ``curve_points`` > 0, (value, (fpr, pro)) with about that many curve points.
+        """
+        if not self.defined or self.n_regions == 0:
+            return None if not curve_points else (None, None)
+        asc = self._scores
+        n, n_ok = self.n, self.n_ok
+        # defect pixels by descending score: index (in descending order of all pixels) of the
+        # end of their score's run, and the cumulative PRO weight up to it
+        order = np.argsort(self.d_scores, kind="stable")[::-1]
+        run_end = n - 1 - np.searchsorted(asc, self.d_scores[order], side="left")
+        weight = np.cumsum(1.0 / self.sizes[self.d_comps[order]]) / self.n_regions
+        del order
+        # the smallest FP count whose float32 FPR exceeds the limit, and the position that surely
+        # reaches it (every defect pixel before it)
+        need = min(int(limit * n_ok) + 1, n_ok)
+        while need < n_ok and np.float32(need) / np.float32(n_ok) <= limit:
+            need += 1
+        stop = min(n, need + self.n_defect + 1)
+        if stop < n:                                     # extended to the end of its score's run
+            stop = n - int(np.searchsorted(asc, asc[n - stop], side="left"))
+        n_ok32 = np.float32(n_ok)
+        x0, y0, area, done = 0.0, 0.0, 0.0, False
+        keep_every = max(1, stop // max(curve_points, 1)) if curve_points else 0
+        curve = [(0.0, 0.0)]
+        for lo in range(0, stop, chunk):
+            hi = min(stop, lo + chunk)
+            desc = asc[n - 1 - lo:n - 1 - hi:-1] if n - 1 - hi >= 0 else asc[n - 1 - lo::-1]
+            nxt = asc[n - 1 - hi] if hi < n else None
+            ends = np.flatnonzero(np.append(desc[1:] != desc[:-1],
+                                             True if nxt is None else desc[-1] != nxt)) + lo
+            k = np.searchsorted(run_end, ends, side="right")
+            fpr = np.minimum((ends + 1 - k).astype(np.float32) / n_ok32, np.float32(1.0))
+            pro = np.minimum(np.where(k > 0, weight[np.maximum(k - 1, 0)], 0.0), 1.0)
+            x = np.concatenate([[x0], fpr.astype(np.float64)])
+            y = np.concatenate([[y0], pro])
+            past = np.flatnonzero(x > limit)
+            if len(past):
+                i = past[0]
+                area += float(np.sum(0.5 * (y[1:i] + y[:i - 1]) * np.diff(x[:i])))
+                y_at = y[i - 1] + (y[i] - y[i - 1]) * (limit - x[i - 1]) / (x[i] - x[i - 1])
+                area += 0.5 * (y_at + y[i - 1]) * (limit - x[i - 1])
+                if curve_points:
+                    curve += list(zip(x[1:i + 1:keep_every], y[1:i + 1:keep_every]))
+                    curve.append((limit, y_at))
+                done = True
+                break
+            area += float(np.sum(0.5 * (y[1:] + y[:-1]) * np.diff(x)))
+            if curve_points:
+                curve += list(zip(x[1::keep_every], y[1::keep_every]))
+            x0, y0 = x[-1], y[-1]
+        if not done:                       # the curve ended at or before the limit: (1, 1)
+            x = np.array([x0, 1.0])
+            y = np.array([y0, 1.0])
+            if limit >= 1.0:
+                area += 0.5 * (y0 + 1.0) * (1.0 - x0)
+            else:
+                y_at = y0 + (1.0 - y0) * (limit - x0) / (1.0 - x0)
+                area += 0.5 * (y_at + y0) * (limit - x0)
+            curve.append((min(limit, 1.0), 1.0 if limit >= 1.0 else y_at))
+        value = area / limit
+        if not curve_points:
+            return value
+        fx, fy = np.array(curve).T
+        return value, (fx, fy)
+
+    # ----------------------------------------------------------------- thresholds
+
+    def f1_threshold(self):
+        """(threshold, f1): the pixel threshold (score > threshold = defect) of best F1."""
+        asc = self._close()
+        if self.n_defect == 0:
+            return None, None
+        cand = np.unique(self.d_scores)                   # include everything >= candidate
+        at_or_above, tp = self._counts_at_or_above(cand)
+        fp = at_or_above - tp
+        f1 = 2.0 * tp / (2.0 * tp + fp + (self.n_defect - tp))
+        best = int(np.argmax(f1[::-1]))                  # ties: the highest threshold
+        best = len(cand) - 1 - best
+        below = np.searchsorted(asc, cand[best], side="left")
+        low = asc[below - 1] if below > 0 else cand[best] - 1.0
+        return float((low + cand[best]) / 2.0), float(f1[best])
+
+    def fpr_threshold(self, fpr):
+        """The lowest pixel threshold (a pixel score) at which at most ``fpr`` of the normal
+        pixels score above it."""
+        asc = self._close()
+        d_asc = np.sort(self.d_scores)
+        allowed = int(np.floor(fpr * self.n_ok))
+        lo, hi = 0, self.n - 1
+        while lo < hi:                                   # smallest index with few enough FPs
+            mid = (lo + hi) // 2
+            t = asc[mid]
+            above = (self.n - np.searchsorted(asc, t, "right")) - \
+                (self.n_defect - np.searchsorted(d_asc, t, "right"))
+            if above <= allowed:
+                hi = mid
+            else:
+                lo = mid + 1
+        return float(asc[lo])
 
 
 def pixel_auroc(masks, maps):
     """ROC AUC over all scored pixels of all images; None without defect (or normal) pixels."""
-    masks, scores = _flat(masks, bool), _flat(maps)
-    scored = np.isfinite(scores)
-    if not scored.all():
-        masks, scores = masks[scored], scores[scored]
-    if masks.all() or not masks.any():
-        return None
-    return float(roc_auc_score(masks, scores))
-
-
-def _components(masks):
-    """8-connected components of each mask: (flat labels, ids unique over the set; count)."""
-    parts, total = [], 0
-    for m in masks:
-        lab, n = ndimage.label(np.asarray(m, dtype=bool), structure=_EIGHT_CONNECTED)
-        lab = lab.astype(np.int32).ravel()
-        lab[lab > 0] += total
-        parts.append(lab)
-        total += n
-    return np.concatenate(parts), total
-
-
-def pro_curve(masks, maps, max_fpr=1.0):
-    """Official MVTec AD PRO curve over every distinct score.
-
-    Equivalent to sorting all pixels by score (descending) and taking cumulative sums of
-    fp = 1 on OK pixels and pro = 1/|C| on the pixels of region C, keeping the last point of every
-    run of equal scores. To avoid an argsort of all pixels, only the scores are sorted (fast); the
-    defect pixels, usually few, are placed at the end of their score's run by a binary search, so
-    the cumulative sums are exact at every run end. With ``max_fpr`` < 1 the curve stops at the
-    first point whose FPR exceeds it (all an integral up to ``max_fpr`` needs).
-
-    Returns:
-        (fpr, pro): float arrays, FPR ascending, starting at (0, 0) and ending at (1, 1) (or at
-        the first point beyond ``max_fpr``); None if there is no defect region or no normal pixel.
-    """
-    comps, n_regions = _components(masks)
-    scores = _flat(maps)
-    scored = np.isfinite(scores)
-    if not scored.all():
-        comps, scores = comps[scored], scores[scored]
-        n_regions = int(np.count_nonzero(np.bincount(comps, minlength=n_regions + 1)[1:]))
-    n = scores.size
-    defect = comps > 0
-    n_ok = n - int(defect.sum())
-    if n_regions == 0 or n_ok == 0:
-        return None
-    sizes = np.bincount(comps)
-    ascending = np.sort(scores)
-    # Prefix of the descending order that surely passes max_fpr, extended to a run end.
-    stop = n if max_fpr >= 1.0 else min(n, int(max_fpr * n_ok) + (n - n_ok) + 2)
-    if stop < n:
-        stop = n - int(np.searchsorted(ascending, ascending[n - stop], side="left"))
-    d_scores, d_comps = scores[defect], comps[defect]
-    order = np.argsort(d_scores)[::-1]                         # defect pixels, descending score
-    # index (in descending order of all pixels) of the end of each defect pixel's score run
-    run_end = n - 1 - np.searchsorted(ascending, d_scores[order], side="left")
-    inside = run_end < stop
-    run_end, order = run_end[inside], order[inside]
-    desc = ascending[::-1][:stop]
-    keep = np.append(desc[1:] != desc[:-1], True)
-    del ascending, desc
-    ends, first = np.unique(run_end, return_index=True)
-    n_defect = np.cumsum(np.diff(np.append(first, len(run_end))))
-    pro_sum = np.cumsum(np.add.reduceat(1.0 / sizes[d_comps[order]], first)) \
-        if len(first) else np.zeros(0)
-    # step functions over the descending positions, constant between run ends
-    lengths = np.diff(np.concatenate([[0], ends, [stop]]))
-    positions = np.flatnonzero(keep)
-    fp = positions + 1 - np.repeat(np.concatenate([[0], n_defect]), lengths)[positions]
-    pro = np.repeat(np.concatenate([[0.0], pro_sum]), lengths)[positions]
-    fpr = np.clip(fp.astype(np.float32) / np.float32(n_ok), None, 1.0)
-    pro = np.clip(pro / n_regions, None, 1.0)
-    tail = [1.0] if stop == n else []
-    return np.concatenate([[0.0], fpr, tail]), np.concatenate([[0.0], pro, tail])
-
-
-def _trapezoid(x, y, x_max):
-    """Area under y(x) from x[0] to x_max, interpolating y linearly at x_max (official rule)."""
-    correction = 0.0
-    if x_max not in x:
-        i = int(np.searchsorted(x, x_max))
-        y_at = y[i - 1] + (y[i] - y[i - 1]) * (x_max - x[i - 1]) / (x[i] - x[i - 1])
-        correction = 0.5 * (y_at + y[i - 1]) * (x_max - x[i - 1])
-    keep = x <= x_max
-    x, y = x[keep], y[keep]
-    return float(np.sum(0.5 * (y[1:] + y[:-1]) * (x[1:] - x[:-1])) + correction)
+    return PixelSet.from_maps(masks, maps).auroc()
 
 
 def au_pro(masks, maps, limit=0.3):
@@ -137,11 +267,51 @@ def au_pro(masks, maps, limit=0.3):
     Returns:
         float in [0, 1], or None if the set has no defect region or no normal pixel.
     """
-    curve = pro_curve(masks, maps, max_fpr=limit)
-    if curve is None:
-        return None
-    fpr, pro = curve
-    return _trapezoid(fpr.astype(np.float64), pro, limit) / limit
+    return PixelSet.from_maps(masks, maps).au_pro(limit)
+
+
+# --------------------------------------------------------------------------- image verdicts
+
+def confusion(labels, scores, threshold):
+    """Verdicts ``score > threshold`` against the labels: tp, fp, tn, fn, precision, recall,
+    f1, fpr (a ratio with an empty denominator is None)."""
+    labels = np.asarray(labels).astype(bool)
+    flagged = np.asarray(scores, dtype=np.float64) > threshold
+    tp, fp = int((flagged & labels).sum()), int((flagged & ~labels).sum())
+    fn, tn = int((~flagged & labels).sum()), int((~flagged & ~labels).sum())
+
+    def ratio(a, b):
+        return a / b if b else None
+    precision, recall = ratio(tp, tp + fp), ratio(tp, tp + fn)
+    return {"tp": tp, "fp": fp, "tn": tn, "fn": fn, "precision": precision, "recall": recall,
+            "f1": ratio(2 * tp, 2 * tp + fp + fn) if labels.any() else None,
+            "fpr": ratio(fp, fp + tn)}
+
+
+def best_f1_threshold(labels, scores):
+    """(threshold, f1) of the best F1 of ``score > threshold`` (the threshold halfway between
+    the chosen cut's neighbours; ties: the highest); (None, None) without defect images."""
+    labels = np.asarray(labels).astype(bool)
+    scores = np.asarray(scores, dtype=np.float64)
+    if not labels.any():
+        return None, None
+    cand = np.unique(scores[labels])
+    best_f1, best_t = -1.0, None
+    for s in cand[::-1]:
+        below = scores[scores < s]
+        t = (below.max() + s) / 2.0 if below.size else s - max(1e-6, abs(s) * 1e-6)
+        f1 = confusion(labels, scores, t)["f1"]
+        if f1 > best_f1:
+            best_f1, best_t = f1, float(t)
+    return best_t, best_f1
+
+
+def fpr_threshold(normal_scores, fpr):
+    """The lowest threshold (a normal image's score) with at most ``fpr`` of the normal images
+    scoring above it."""
+    s = np.sort(np.asarray(normal_scores, dtype=np.float64))[::-1]
+    allowed = int(np.floor(fpr * len(s)))
+    return float(s[min(allowed, len(s) - 1)])
 
 
 def paper_pro_roc(masks, maps, n_thresholds=1000, pro_limit=0.3):

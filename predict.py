@@ -29,7 +29,8 @@ def get_args(argv=None):
     p.add_argument("--model_path", type=str, default=None, help="a model file (instead of "
                    "--category)")
     p.add_argument("--threshold", type=float, default=None,
-                   help="override the model's threshold (learned from held-out normal images)")
+                   help="override the model's image and pixel thresholds (learned from held-out "
+                        "normal images, or calibrated)")
     p.add_bool("--save_pic", True, "write a figure per image")
     p.add_argument("--output", type=str, default=None,
                    help="output folder (default: <model folder>/predict/<category>)")
@@ -48,7 +49,9 @@ def main(args):
     expect = None if args.model_path else {"method": args.method, "arch": args.arch, "k": args.k}
     cli.apply_threads(args)
     model = models_io.load(path, expect, args.weights)
-    threshold = args.threshold if args.threshold is not None else model.threshold
+    threshold, pixel_threshold = visualize.thresholds(model.meta)
+    if args.threshold is not None:
+        threshold = pixel_threshold = args.threshold
     if threshold is None:
         logger.warning("the model has no threshold (fitted with --holdout 0): verdicts are "
                        "'unknown'; pass --threshold")
@@ -71,7 +74,8 @@ def main(args):
             if args.save_pic:
                 vmin, vmax = visualize.display_range(model.meta, amap)
                 row["picture"] = visualize.save_prediction(out_dir, f, pre.unnormalise(x), amap,
-                                                           float(score), threshold, vmin, vmax)
+                                                           float(score), threshold, vmin, vmax,
+                                                           pixel_threshold)
             row["map"] = amap
             results.append(row)
             print(f"{f}\tscore {row['score']:.4f}\t{row['verdict']}")

@@ -1,4 +1,4 @@
-"""Fit OrthoAD / PaDiM statistics per category, optionally evaluate.
+"""Fit OrthoAD / PaDiM statistics per category, optionally calibrate and evaluate.
 
     python train.py --data_path demo_data --category all --no-pretrained --eval --eval_PRO
 """
@@ -11,10 +11,11 @@ from utils import (ArgumentParser, UserError, ensure_dir, model_path, run_cli,  
 import cli  # noqa: E402
 from datasets.mvtec import resolve_categories  # noqa: E402
 from pipeline.backbones import get_backbone  # noqa: E402
+from pipeline.calibration import calibrate, calibration_samples, parse_target  # noqa: E402
 from pipeline.evaluate import eval_options, evaluate_category  # noqa: E402
 from pipeline.fit import FitConfig, fit_category  # noqa: E402
 from pipeline.geometry import parse_cell, parse_input_size  # noqa: E402
-from pipeline.results import results_table, write_results  # noqa: E402
+from pipeline.results import RunResults  # noqa: E402
 
 logger = logging.getLogger("train")
 
@@ -27,6 +28,7 @@ def get_args(argv=None):
                    help="all, textures, objects, or a category folder name")
     cli.add_model_args(p, fitting=True)
     cli.add_run_args(p)
+    cli.add_calibration_args(p)
     p.add_bool("--eval", False, "evaluate each category on its test set after fitting")
     cli.add_eval_args(p)
     return p.parse_args(argv)
@@ -39,30 +41,39 @@ def main(args):
         raise UserError(f"--holdout {args.holdout} must be in [0, 1)")
     if args.eps <= 0:
         raise UserError(f"--eps {args.eps} must be positive")
-    categories = resolve_categories(args.data_path, args.category)
-    out_dir = ensure_dir(run_dir(args.save_path, args.method, args.arch, args.k))
-    cli.apply_threads(args)
-    backbone = get_backbone(args.arch, args.pretrained, args.weights, args.seed)
     cfg = FitConfig(args.method, args.arch, args.k, args.seed, args.resize, args.crop_size,
                     args.batch_size, args.eps, args.holdout,
                     parse_input_size(args.input_size), parse_cell(args.cell))
+    target = parse_target(args.threshold_target)
+    categories = resolve_categories(args.data_path, args.category)
+    calibration = {c: calibration_samples(args.calibration_dir, c, len(categories),
+                                          args.data_path)
+                   for c in categories} if args.calibration_dir else {}
+    out_dir = ensure_dir(run_dir(args.save_path, args.method, args.arch, args.k))
+    cli.apply_threads(args)
+    backbone = get_backbone(args.arch, args.pretrained, args.weights, args.seed)
     opts = eval_options(args, out_dir)
-    rows = []
+    results = RunResults(out_dir, args.report, cli.run_info(args, backbone.weights_source))
     for category in categories:
         model = fit_category(args.data_path, category, cfg, backbone)
+        if category in calibration:
+            calibrate(model, calibration[category], target, args.batch_size,
+                      args.calibration_dir)
         model.save(model_path(args.save_path, args.method, args.arch, args.k, category))
         row = {"category": category, "n_train": model.meta["n_train"],
                "fit_seconds": model.meta["fit_seconds"]}
+        result = None
         if args.eval:                      # the model just fitted, from memory
-            row.update(evaluate_category(model, args.data_path, category, opts))
-        rows.append(row)
-        write_results(os.path.join(out_dir, "results.csv"), rows)
+            result = evaluate_category(model, args.data_path, category, opts)
+            row.update(result.row)
+        results.add(row, result)
         del model
     print(f"backbone weights: {backbone.weights_source}")
-    if args.eval:
-        print(results_table(rows))
+    summary = results.finish()
+    if summary:
+        print(summary)
     print(f"models and results.csv in {out_dir}")
-    return rows
+    return results.rows
 
 
 if __name__ == "__main__":

@@ -13,6 +13,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 from utils import atomic_path  # noqa: E402
 
 
+def thresholds(meta):
+    """(image threshold, pixel threshold) of a model's or deploy file's metadata (None if it
+    has none); the pixel threshold defaults to the image threshold."""
+    thr = meta.get("threshold") or {}
+    image = thr.get("image")
+    pixel = thr.get("pixel")
+    return image, image if pixel is None else pixel
+
+
 def display_range(meta, amap):
     """(vmin, vmax) of the colour scale: the model's fixed one, else the map's own range."""
     disp = meta.get("display") or {}
@@ -22,13 +31,14 @@ def display_range(meta, amap):
 
 
 def plot_result(path, image, amap, score, threshold=None, vmin=None, vmax=None, gt_mask=None,
-                title=""):
+                title="", pixel_threshold=None):
     """Write a PNG: input, [ground truth], heat map with colour bar, overlay with predicted mask.
 
     Args:
         image: uint8 [H, W, 3]; amap: float [H, W]; score: image score;
-        threshold: map / score threshold (None: no verdict, no predicted mask);
-        gt_mask: optional bool [H, W].
+        threshold: image score threshold (None: no verdict);
+        gt_mask: optional bool [H, W];
+        pixel_threshold: map threshold of the predicted mask (default: ``threshold``).
     """
     panels = 3 + (gt_mask is not None)
     aspect = min(3.0, max(0.5, amap.shape[1] / amap.shape[0]))     # panel width / height
@@ -47,8 +57,9 @@ def plot_result(path, image, amap, score, threshold=None, vmin=None, vmax=None, 
     i += 1
     axes[i].imshow(image)
     axes[i].imshow(amap, cmap="jet", alpha=0.45, vmin=vmin, vmax=vmax)
-    if threshold is not None and (amap > threshold).any():
-        axes[i].contour(amap > threshold, levels=[0.5], colors="white", linewidths=1.2)
+    pixel_threshold = threshold if pixel_threshold is None else pixel_threshold
+    if pixel_threshold is not None and (amap > pixel_threshold).any():
+        axes[i].contour(amap > pixel_threshold, levels=[0.5], colors="white", linewidths=1.2)
     verdict = "" if threshold is None else (" ANOMALOUS" if score > threshold else " normal")
     thr = "" if threshold is None else f" / thr {threshold:.2f}"
     axes[i].set_title(f"score {score:.2f}{thr}{verdict}", fontsize=9)
@@ -69,8 +80,10 @@ def verdict(score, threshold):
     return "anomalous" if score > threshold else "normal"
 
 
-def save_prediction(out_dir, image_path, image, amap, score, threshold, vmin, vmax):
+def save_prediction(out_dir, image_path, image, amap, score, threshold, vmin, vmax,
+                    pixel_threshold=None):
     """Write the figure of one prediction as <out_dir>/<stem>.png; return the picture's path."""
     stem = os.path.splitext(os.path.basename(image_path))[0]
     return plot_result(os.path.join(out_dir, f"{stem}.png"), image, amap, score, threshold,
-                       vmin, vmax, title=os.path.basename(image_path))
+                       vmin, vmax, title=os.path.basename(image_path),
+                       pixel_threshold=pixel_threshold)

@@ -3,9 +3,10 @@
     ROOT/<category>/train/good/*.png
     ROOT/<category>/test/good/*.png
     ROOT/<category>/test/<defect>/*.png
-    ROOT/<category>/ground_truth/<defect>/<stem>_mask.png      (no masks for good)
+    ROOT/<category>/ground_truth/<defect>/<stem>_mask.png      (no masks for good; optional)
 
 Samples are ordered by sorted defect folder, then sorted file name; label 0 = good, 1 = defect.
+A defect image without a mask counts in the image metrics only.
 """
 import logging
 import os
@@ -31,7 +32,7 @@ class Sample:
     path: str
     label: int            # 0 good, 1 defect
     defect: str           # 'good' or the defect folder name
-    mask_path: str = None  # None for good images
+    mask_path: str = None  # None for good images and defect images without a mask
 
 
 def _images(folder):
@@ -99,42 +100,57 @@ class MVTecCategory:
         return files
 
     def test_samples(self):
-        """Sorted test samples with their masks; raises UserError on any pairing problem."""
+        """Sorted test samples with their masks (masks optional; see ``scan_labelled``)."""
         test_dir = os.path.join(self.root, "test")
-        gt_dir = os.path.join(self.root, "ground_truth")
         if not os.path.isdir(test_dir):
             raise UserError(f"'{test_dir}' does not exist: evaluation needs "
                             f"{test_dir}/<defect>/*.png (and good/)")
-        samples = []
-        for defect in sorted(os.listdir(test_dir)):
-            folder = os.path.join(test_dir, defect)
-            if not os.path.isdir(folder):
-                continue
-            images = _images(folder)
-            if defect == "good":
-                samples += [Sample(p, 0, "good") for p in images]
-                continue
-            mask_folder = os.path.join(gt_dir, defect)
-            masks = set(_images(mask_folder)) if os.path.isdir(mask_folder) else set()
-            for p in images:
-                stem = os.path.splitext(os.path.basename(p))[0]
-                mask = next((m for m in masks
-                             if os.path.splitext(os.path.basename(m))[0] == f"{stem}_mask"), None)
-                if mask is None:
-                    raise UserError(f"no mask for '{p}': expected {mask_folder}/{stem}_mask.png")
-                masks.discard(mask)
-                samples.append(Sample(p, 1, defect, mask))
-            if masks:
-                extra = sorted(masks)[0]
-                raise UserError(f"mask '{extra}' has no test image in '{folder}' "
-                                f"({len(masks)} such mask(s)): remove it or add the image")
+        samples = scan_labelled(test_dir, os.path.join(self.root, "ground_truth"))
         if not samples:
             raise UserError(f"'{test_dir}' holds no images: add test/good and test/<defect>")
         return samples
 
 
+def scan_labelled(folder, gt_dir, skip=()):
+    """Samples of a labelled folder: ``folder/good/*`` (label 0) and ``folder/<defect>/*``
+    (label 1), sorted by defect folder then file name; masks from
+    ``gt_dir/<defect>/<stem>_mask.*`` where they exist.
+
+    A defect image without a mask is kept (its ``mask_path`` is None: image metrics only), and
+    the count is logged; a mask without an image is ignored with a warning.
+    """
+    samples, missing, orphans = [], 0, []
+    for defect in sorted(os.listdir(folder)):
+        sub = os.path.join(folder, defect)
+        if not os.path.isdir(sub) or defect in skip:
+            continue
+        images = _images(sub)
+        if defect == "good":
+            samples += [Sample(p, 0, "good") for p in images]
+            continue
+        mask_folder = os.path.join(gt_dir, defect)
+        masks = {os.path.splitext(os.path.basename(m))[0]: m
+                 for m in (_images(mask_folder) if os.path.isdir(mask_folder) else [])}
+        for p in images:
+            mask = masks.pop(f"{os.path.splitext(os.path.basename(p))[0]}_mask", None)
+            missing += mask is None
+            samples.append(Sample(p, 1, defect, mask))
+        orphans += sorted(masks.values())
+    n_defect = sum(s.label for s in samples)
+    if missing:
+        logger.warning("%d of the %d defect images in '%s' have no mask "
+                       "(ground_truth/<defect>/<stem>_mask.png): they count in the image metrics "
+                       "only; the pixel metrics use the %d with a mask and the normal images",
+                       missing, n_defect, folder, n_defect - missing)
+    if orphans:
+        logger.warning("%d mask(s) in '%s' have no image (e.g. '%s'): ignored", len(orphans),
+                       gt_dir, orphans[0])
+    return samples
+
+
 def load_test_item(sample, preprocess):
-    """Sample -> (image [3, S, S] float32, mask [S, S] bool, original (H, W), mask uint8 or None)."""
+    """Sample -> (image [3, H, W] float32, mask [H, W] bool, original (H0, W0), mask uint8
+    [H0, W0]); all-zero masks for good images and for defect images without a mask."""
     rgb = load_rgb(sample.path)
     if sample.mask_path is None:
         mask = np.zeros(rgb.shape[:2], dtype=np.uint8)

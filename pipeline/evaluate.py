@@ -1,8 +1,20 @@
-"""Scoring a category's test set and computing its metrics."""
+"""Scoring a labelled set of images (a test set, a calibration set) and computing its metrics.
+
+Everything a person or a script reads about a category (the metrics table, the per-image and
+per-type CSVs, the report's curves and examples) is built from one list of per-image records
+and one ``metrics.PixelSet``, never from separate counters.
+
+Masks are optional: image metrics use every image; pixel metrics use the normal images and the
+defect images that have a mask, and the number of images behind each is reported.
+
+Memory: the pixel metrics keep 4 bytes per pixel (the scores, sorted once in place) plus 8 per
+defect pixel; the maps are not kept (but for ``--non_partial_AUC``, whose protocol needs them).
+"""
+import heapq
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import paddle
@@ -10,11 +22,14 @@ import paddle
 import metrics
 import visualize
 from datasets.mvtec import MVTecCategory, load_test_item, prefetch_batches
+from datasets.transforms import image_size
 from utils import atomic_path, ensure_dir, progress
 
 from .geometry import AspectWarnings, batch_for
 
 logger = logging.getLogger(__name__)
+
+PRO_LIMIT = 0.3
 
 
 @dataclass
@@ -25,6 +40,8 @@ class EvalOptions:
     eval_size: str = "input"
     pic_dir: str = None
     maps_dir: str = None
+    report: bool = False          # collect curves and the worst cases for the HTML report
+    examples: int = 4             # worst false positives / negatives kept for the report
 
 
 def eval_options(args, out_dir):
@@ -32,7 +49,18 @@ def eval_options(args, out_dir):
     return EvalOptions(batch_size=args.batch_size, eval_pro=args.eval_PRO,
                        paper_metrics=args.non_partial_AUC, eval_size=args.eval_size,
                        pic_dir=os.path.join(out_dir, "pictures") if args.save_pic else None,
-                       maps_dir=args.save_maps)
+                       maps_dir=args.save_maps, report=getattr(args, "report", False))
+
+
+@dataclass
+class CategoryResult:
+    """row: the category's metrics (results.csv); images: per-image records; types: per-defect
+    type rows; curves and examples: for the report."""
+    row: dict
+    images: list = field(default_factory=list)
+    types: list = field(default_factory=list)
+    curves: dict = field(default_factory=dict)
+    examples: dict = field(default_factory=dict)
 
 
 def predict_batches(model, items, load, batch_size, desc):
@@ -49,84 +77,176 @@ def predict_batches(model, items, load, batch_size, desc):
         bar.close()
 
 
+def score_samples(model, samples, batch_size, desc):
+    """Yield (sample, image [3, H, W], mask [H, W], original (H0, W0), original mask, map
+    [H, W], score) for every labelled sample, in order."""
+    pre = model.preprocess
+    aspect = AspectWarnings(pre)
+    it = iter(samples)
+    for batch, amaps, scores in predict_batches(model, samples, lambda s: load_test_item(s, pre),
+                                                batch_for(batch_size, pre.input_hw), desc):
+        for (x, mask, hw, mask_orig), amap, score in zip(batch, amaps, scores):
+            sample = next(it)
+            aspect.check(sample.path, hw)
+            yield sample, x, mask, hw, mask_orig, amap, float(score)
+    aspect.close(f"the {len(samples)} images")
+
+
+def _pixel_capacity(samples, pre, eval_size):
+    counted = [s for s in samples if s.label == 0 or s.mask_path]
+    if eval_size == "original":
+        return sum(int(np.prod(image_size(s.path))) for s in counted)
+    return len(counted) * pre.height * pre.width
+
+
+class _Worst:
+    """The k records with the largest keys, with their image and map."""
+
+    def __init__(self, k):
+        self.k, self.heap, self.n = k, [], 0
+
+    def offer(self, key, record, image, amap):
+        """``image``: a callable, called only if the record is kept."""
+        self.n += 1
+        if len(self.heap) < self.k:
+            heapq.heappush(self.heap, (key, self.n, record, image(), amap))
+        elif key > self.heap[0][0]:
+            heapq.heapreplace(self.heap, (key, self.n, record, image(), amap))
+
+    def items(self):
+        return [(r, img, m) for _, _, r, img, m in sorted(self.heap, key=lambda t: -t[0])]
+
+
 def evaluate_category(model, data_path, category, opts):
-    """Score a category's test set and compute its metrics.
+    """Score a category's test set and compute its metrics; see ``evaluate_samples``."""
+    samples = MVTecCategory(data_path, category).test_samples()
+    return evaluate_samples(model, samples, category, opts)
+
+
+def evaluate_samples(model, samples, category, opts):
+    """Score labelled samples and compute image, pixel and threshold metrics.
 
     Returns:
-        dict with category, n_test, image_auroc, pixel_auroc, [au_pro], [paper_pro, paper_roc],
-        unscored_defect_frac (share of the defect pixels outside the scored region, left out of
-        the pixel metrics), eval_seconds, eval_img_per_s (undefined metrics are None).
+        ``CategoryResult``; its row has category, n_test, n_defect, n_pixel_images, image_auroc,
+        pixel_auroc, [au_pro], [paper_pro, paper_roc], the threshold and the verdicts' precision,
+        recall, f1, fpr, tp, fp, fn, tn, unscored_defect_frac (share of the defect pixels outside
+        the scored region, left out of the pixel metrics), eval_seconds, eval_img_per_s.
+        Undefined values are None.
     """
     start = time.perf_counter()
-    samples = MVTecCategory(data_path, category).test_samples()
     pre, meta = model.preprocess, model.meta
-    labels = np.array([s.label for s in samples])
-    scores, maps, masks, orig_maps, orig_masks = [], [], [], [], []
-    aspect = AspectWarnings(pre)
+    threshold, pixel_threshold = visualize.thresholds(meta)
+    pixels = metrics.PixelSet(_pixel_capacity(samples, pre, opts.eval_size))
+    paper_maps, paper_masks = [], []
+    worst_fp, worst_fn = _Worst(opts.examples), _Worst(opts.examples)
+    records = []
     defect_px = unscored_px = 0
-    i = 0
-    for batch, amaps, bscores in predict_batches(model, samples,
-                                                 lambda s: load_test_item(s, pre),
-                                                 batch_for(opts.batch_size, pre.input_hw),
-                                                 f"eval {category}"):
-        for (x, mask, hw, mask_orig), amap, score in zip(batch, amaps, bscores):
-            sample = samples[i]
-            i += 1
-            aspect.check(sample.path, hw)
-            if sample.mask_path is not None:
-                left, top, right, bottom = pre.scored_box(hw)
-                defect = mask_orig > 127
-                defect_px += int(defect.sum())
-                unscored_px += int(defect.sum() - defect[top:bottom, left:right].sum())
-            scores.append(float(score))
-            maps.append(amap)
-            masks.append(mask)
-            if opts.maps_dir or opts.eval_size == "original":
-                full = pre.to_original(amap, hw)
-                if opts.eval_size == "original":
-                    orig_maps.append(full)
-                    orig_masks.append(mask_orig > 127)
-                if opts.maps_dir:
-                    save_tiff(opts.maps_dir, category, sample, full)
-            if opts.pic_dir:
-                stem = os.path.splitext(os.path.basename(sample.path))[0]
-                vmin, vmax = visualize.display_range(meta, amap)
-                visualize.plot_result(
-                    os.path.join(opts.pic_dir, category, f"{sample.defect}_{stem}.png"),
-                    pre.unnormalise(x), amap, float(score), model.threshold, vmin, vmax, mask,
-                    title=f"{category}/{sample.defect}/{stem}")
-    aspect.close(f"the {len(samples)} test images")
+    for sample, x, mask, hw, mask_orig, amap, score in score_samples(
+            model, samples, opts.batch_size, f"eval {category}"):
+        in_pixels = sample.label == 0 or sample.mask_path is not None
+        records.append({"path": sample.path, "defect": sample.defect, "label": sample.label,
+                        "has_mask": sample.mask_path is not None, "score": score,
+                        "verdict": visualize.verdict(score, threshold)})
+        if sample.mask_path is not None:
+            left, top, right, bottom = pre.scored_box(hw)
+            defect = mask_orig > 127
+            defect_px += int(defect.sum())
+            unscored_px += int(defect.sum() - defect[top:bottom, left:right].sum())
+        full = pre.to_original(amap, hw) if opts.maps_dir or opts.eval_size == "original" \
+            else None
+        if in_pixels:
+            if opts.eval_size == "original":
+                pixels.add(full, mask_orig > 127)
+            else:
+                pixels.add(amap, mask)
+            if opts.paper_metrics:
+                paper_maps.append(amap)
+                paper_masks.append(mask)
+        if opts.maps_dir:
+            save_tiff(opts.maps_dir, category, sample, full)
+        if opts.report:          # highest-scoring normal images, lowest-scoring defective ones
+            worst, key = (worst_fp, score) if sample.label == 0 else (worst_fn, -score)
+            worst.offer(key, records[-1], lambda: pre.unnormalise(x), amap)
+        if opts.pic_dir:
+            stem = os.path.splitext(os.path.basename(sample.path))[0]
+            vmin, vmax = visualize.display_range(meta, amap)
+            visualize.plot_result(
+                os.path.join(opts.pic_dir, category, f"{sample.defect}_{stem}.png"),
+                pre.unnormalise(x), amap, score, threshold, vmin, vmax,
+                mask if in_pixels else None, title=f"{category}/{sample.defect}/{stem}",
+                pixel_threshold=pixel_threshold)
+    eval_s = time.perf_counter() - start
+    logger.info("%s: scored %d images in %.1f s (%.1f img/s)", category, len(samples), eval_s,
+                len(samples) / eval_s)
+    result = _metrics(category, records, pixels, threshold, opts)
+    row = result.row
+    thr = meta.get("threshold") or {}
+    row["threshold_rule"] = thr.get("rule") if threshold is not None else None
+    row["pixel_threshold"] = pixel_threshold
+    if opts.paper_metrics:
+        row["paper_pro"], row["paper_roc"] = metrics.paper_pro_roc(np.stack(paper_masks),
+                                                                   np.stack(paper_maps))
+    row["unscored_defect_frac"] = unscored_px / defect_px if defect_px else None
+    row["eval_seconds"] = eval_s
+    row["eval_img_per_s"] = len(samples) / eval_s
     if unscored_px:
         logger.warning("%s: %.1f%% of the defect pixels (%d of %d) lie outside the centre crop: "
                        "they are never scored and the pixel metrics leave them out; fit with "
                        "--input_size auto or H W to score whole images", category,
                        100.0 * unscored_px / defect_px, unscored_px, defect_px)
-    eval_s = time.perf_counter() - start
-    logger.info("%s: scored %d test images in %.1f s (%.1f img/s)", category, len(samples),
-                eval_s, len(samples) / eval_s)
-    if opts.eval_size == "original":
-        eval_maps, eval_masks = orig_maps, orig_masks
-    else:
-        eval_maps, eval_masks = np.stack(maps), np.stack(masks)
-    row = {"category": category, "n_test": len(samples),
-           "image_auroc": metrics.image_auroc(labels, scores),
-           "pixel_auroc": metrics.pixel_auroc(eval_masks, eval_maps)}
+    if opts.report:
+        result.examples = {"false_positive": worst_fp.items(),
+                           "false_negative": worst_fn.items()}
+        disp = meta.get("display") or {}
+        result.curves["display"] = (disp.get("vmin"), disp.get("vmax"))
+    return result
+
+
+def _metrics(category, records, pixels, threshold, opts):
+    labels = np.array([r["label"] for r in records])
+    scores = np.array([r["score"] for r in records])
+    n_pixel = sum(1 for r in records if r["label"] == 0 or r["has_mask"])
+    row = {"category": category, "n_test": len(records), "n_defect": int(labels.sum()),
+           "n_pixel_images": n_pixel, "image_auroc": metrics.image_auroc(labels, scores),
+           "pixel_auroc": pixels.auroc(), "threshold": threshold}
+    curves = {"scores": {"normal": scores[labels == 0].tolist(),
+                         "defect": scores[labels == 1].tolist()}}
     if opts.eval_pro:
         t = time.perf_counter()
-        row["au_pro"] = metrics.au_pro(eval_masks, eval_maps)
+        if opts.report:
+            row["au_pro"], pro = pixels.au_pro(PRO_LIMIT, curve_points=400)
+            curves["pro"] = pro
+        else:
+            row["au_pro"] = pixels.au_pro(PRO_LIMIT)
         row["pro_seconds"] = time.perf_counter() - t
-    if opts.paper_metrics:
-        row["paper_pro"], row["paper_roc"] = metrics.paper_pro_roc(np.stack(masks),
-                                                                   np.stack(maps))
-    row["unscored_defect_frac"] = unscored_px / defect_px if defect_px else None
-    row["eval_seconds"] = eval_s
-    row["eval_img_per_s"] = len(samples) / eval_s
-    for name in ("image_auroc", "pixel_auroc", "au_pro"):
+    if threshold is not None:
+        row.update(metrics.confusion(labels, scores, threshold))
+    if opts.report:
+        if row["image_auroc"] is not None:
+            from sklearn.metrics import roc_curve
+            fpr, tpr, _ = roc_curve(labels, scores)
+            curves["image_roc"] = (fpr, tpr)
+        curves["pixel_roc"] = pixels.roc_curve()
+    types = []
+    for defect in sorted({r["defect"] for r in records if r["label"] == 1}):
+        pick = (labels == 0) | np.array([r["defect"] == defect for r in records])
+        of_type = [r for r in records if r["defect"] == defect]
+        flagged = [r["verdict"] == "anomalous" for r in of_type]
+        types.append({"category": category, "defect": defect, "n": len(of_type),
+                      "n_mask": sum(r["has_mask"] for r in of_type),
+                      "image_auroc": metrics.image_auroc(labels[pick], scores[pick]),
+                      "recall": None if threshold is None else float(np.mean(flagged)),
+                      "mean_score": float(np.mean([r["score"] for r in of_type]))})
+    missing = row["n_defect"] - sum(r["has_mask"] for r in records)
+    for name, why in (("image_auroc", "no defective images"),
+                      ("pixel_auroc", "no defect pixels or no normal pixels"),
+                      ("au_pro", "no defect region or no normal pixels")):
         if name in row and row[name] is None:
-            logger.warning("%s: %s is undefined (the test set has %s)", category, name,
-                           "no defective images" if name == "image_auroc" else
-                           "no defect pixels or no normal pixels")
-    return row
+            logger.warning("%s: %s is n/a (%s)", category, name, why)
+    logger.info("%s: image metrics on %d images (%d defective), pixel metrics on %d images "
+                "(%d defective without a mask left out)", category, len(records),
+                row["n_defect"], n_pixel, missing)
+    return CategoryResult(row, records, types, curves)
 
 
 def save_tiff(root, category, sample, full):

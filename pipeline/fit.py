@@ -152,6 +152,7 @@ def fit_category(data_path, category, cfg, backbone):
         "geometry": dict(preprocess.config(), **geometry), "eps": cfg.eps,
         "grid": list(detector.grid_hw), "cell": cell, "n_cells": detector.n_cells,
         "feature_dim": int(w.shape[0]), "category": category,
+        "data_path": os.path.abspath(data_path),
         "n_train": len(files), "weights_source": backbone.weights_source,
         "weights_sha256": backbone.weights_sha256,
         "threshold": {"image": threshold, "pixel": threshold, "n_holdout": len(hold_files),

@@ -1,42 +1,130 @@
-"""Result rows of a run as a printed table and as results.csv."""
+"""The results of a run: printed tables, results.csv, per_type.csv, per_image_<category>.csv
+and (``--report``) report.html, all from the categories' ``CategoryResult``s."""
 import math
+import os
 
 import numpy as np
 
 from utils import write_csv
 
 METRIC_COLUMNS = ["image_auroc", "pixel_auroc", "au_pro", "paper_pro", "paper_roc"]
+VERDICT_COLUMNS = ["threshold", "precision", "recall", "f1", "fpr", "tp", "fp", "fn", "tn"]
+COUNT_COLUMNS = ["n_test", "n_defect", "n_pixel_images", "tp", "fp", "fn", "tn"]
+TYPE_COLUMNS = ["category", "defect", "n", "n_mask", "image_auroc", "recall", "mean_score"]
+IMAGE_COLUMNS = ["path", "defect", "label", "has_mask", "score", "verdict"]
 
 
 def mean_row(rows):
+    """Means of the metrics, sums of the counts (over the categories that have them)."""
     out = {"category": "mean"}
-    for col in METRIC_COLUMNS + ["n_test", "fit_seconds", "eval_seconds"]:
+    for col in METRIC_COLUMNS + VERDICT_COLUMNS + COUNT_COLUMNS + ["fit_seconds",
+                                                                   "eval_seconds"]:
         vals = [r[col] for r in rows if r.get(col) is not None]
-        if vals:
-            out[col] = float(np.mean(vals)) if col not in ("n_test",) else int(np.sum(vals))
+        if vals and col != "threshold":
+            out[col] = int(np.sum(vals)) if col in COUNT_COLUMNS else float(np.mean(vals))
     return out
 
 
-def results_table(rows):
-    """Rows (with a mean row) as a printable fixed-width table; undefined values as n/a."""
-    cols = ["category"] + [c for c in METRIC_COLUMNS if any(c in r for r in rows)]
-    lines = ["  ".join(f"{c:>12}" for c in cols)]
-    for r in rows + [mean_row(rows)]:
-        cells = []
-        for c in cols:
-            v = r.get(c)
-            cells.append(f"{v:>12}" if isinstance(v, str) else
-                         f"{'n/a':>12}" if v is None or (isinstance(v, float) and math.isnan(v))
-                         else f"{v:>12.4f}")
-        lines.append("  ".join(cells))
+def _cell(v, width=12):
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return f"{'n/a':>{width}}"
+    if isinstance(v, str):
+        return f"{v:>{width}}"
+    if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
+        return f"{v:>{width}d}"
+    return f"{v:>{width}.4f}"
+
+
+def _table(rows, cols, widths=None):
+    widths = widths or {}
+    lines = ["  ".join(f"{c:>{widths.get(c, 12)}}" for c in cols)]
+    for r in rows:
+        lines.append("  ".join(_cell(r.get(c), widths.get(c, 12)) for c in cols))
     return "\n".join(lines)
 
 
-def write_results(path, rows):
-    """CSV with a row per category and a mean row (undefined metrics left empty)."""
-    cols = ["category", "n_test"] + [c for c in METRIC_COLUMNS if any(c in r for r in rows)]
-    cols += [c for c in ("unscored_defect_frac", "fit_seconds", "eval_seconds")
-             if any(c in r for r in rows)]
-    clean = [{k: ("" if v is None else v) for k, v in r.items()} for r in rows + [mean_row(rows)]]
-    write_csv(path, clean, cols)
-    return path
+def results_table(rows):
+    """The metrics table (with a mean row), undefined values as n/a; the image counts behind
+    the image metrics (n_test) and the pixel metrics (n_pixel_images)."""
+    cols = ["category"] + [c for c in ("n_test", "n_pixel_images") if any(c in r for r in rows)]
+    cols += [c for c in METRIC_COLUMNS if any(c in r for r in rows)]
+    return _table(rows + [mean_row(rows)], cols, {"n_test": 6, "n_pixel_images": 14})
+
+
+def verdicts_table(rows):
+    """The verdicts at each category's threshold (score > threshold is anomalous)."""
+    cols = ["category"] + VERDICT_COLUMNS
+    small = {c: 6 for c in ("tp", "fp", "fn", "tn")}
+    return _table(rows + [mean_row(rows)], cols, dict(small, threshold=10, precision=10,
+                                                      recall=8, f1=8, fpr=8))
+
+
+def types_table(types):
+    return _table(types, TYPE_COLUMNS[:-1], {"n": 5, "n_mask": 7, "recall": 8, "defect": 14})
+
+
+class RunResults:
+    """Accumulates the results of a run and writes them after each category (atomically).
+
+    Args:
+        out_dir: the run folder (results.csv goes there).
+        report: also write report.html (at the end of the run).
+        info: facts about the run shown in the report (weights, method, ...).
+    """
+
+    def __init__(self, out_dir, report=False, info=None):
+        self.out_dir, self.report, self.info = out_dir, report, dict(info or {})
+        self.rows, self.results = [], []
+
+    def add(self, row, result=None):
+        """A category's results.csv row (fit figures and, if evaluated, its metrics) and its
+        ``CategoryResult``."""
+        self.rows.append(row)
+        if result is not None:
+            self.results.append(result)
+        self.write_tables()
+        return self
+
+    def write_tables(self):
+        cols = ["category"] + [c for c in COUNT_COLUMNS[:3] if any(c in r for r in self.rows)]
+        cols += [c for c in METRIC_COLUMNS + VERDICT_COLUMNS
+                 if any(c in r for r in self.rows) and c not in cols]
+        cols += [c for c in ("unscored_defect_frac", "n_train", "fit_seconds", "eval_seconds")
+                 if any(c in r for r in self.rows)]
+        clean = [{k: ("" if v is None else v) for k, v in r.items()}
+                 for r in self.rows + [mean_row(self.rows)]]
+        write_csv(os.path.join(self.out_dir, "results.csv"), clean, cols)
+        if self.results:
+            types = [t for res in self.results for t in res.types]
+            write_csv(os.path.join(self.out_dir, "per_type.csv"), _blank(types), TYPE_COLUMNS)
+            res = self.results[-1]
+            write_csv(self.image_csv(res.row["category"]), _blank(res.images), IMAGE_COLUMNS)
+
+    def image_csv(self, category):
+        return os.path.join(self.out_dir, f"per_image_{category}.csv")
+
+    def finish(self):
+        """Write the report (if asked) and return the text to print."""
+        parts = []
+        evaluated = [r.row for r in self.results]
+        if evaluated:
+            parts.append(results_table(evaluated))
+            if any(r.get("threshold") is not None for r in evaluated):
+                parts += ["", "verdicts at the threshold (score > threshold: anomalous):",
+                          verdicts_table(evaluated)]
+            types = [t for res in self.results for t in res.types]
+            if types:
+                parts += ["", "per defect type (image AUROC of the type against good):",
+                          types_table(types)]
+            parts += ["", "per-image results: " + ", ".join(
+                self.image_csv(r["category"]) for r in evaluated)]
+        if self.report and self.results:
+            from .report import write_report
+            path = write_report(os.path.join(self.out_dir, "report.html"), self.results,
+                                self.info)
+            parts.append(f"report: {path}")
+        return "\n".join(parts)
+
+
+def _blank(rows):
+    return [{k: ("" if v is None else v) for k, v in r.items()} for r in rows]

@@ -80,16 +80,27 @@ def _case_empty_train_good(base, tmp):
     return _train(data, tmp), "holds 0 image(s)"
 
 
-def _case_missing_mask(base, tmp):
-    data, cat = _copy(base, tmp)
-    (cat / "ground_truth" / "scratch" / "000_mask.png").unlink()
-    return _eval(data, base), "no mask for"
+def _case_calibration_without_good(base, tmp):
+    cal = tmp / "cal"
+    shutil.copytree(base["data"] / "brick" / "test" / "scratch", cal / "scratch")
+    return _train(base["data"], tmp, "--calibration_dir", str(cal)), "has no good/ images"
 
 
-def _case_mask_without_image(base, tmp):
-    data, cat = _copy(base, tmp)
-    (cat / "test" / "blob" / "000.png").unlink()
-    return _eval(data, base), "has no test image"
+def _case_calibration_f1_without_defects(base, tmp):
+    cal = tmp / "cal"
+    shutil.copytree(base["data"] / "brick" / "train" / "good", cal / "good")
+    return _train(base["data"], tmp, "--calibration_dir", str(cal)), \
+        "--threshold_target f1 needs defect images"
+
+
+def _case_calibration_on_test_images(base, tmp):
+    return _train(base["data"], tmp, "--calibration_dir", str(base["data"] / "brick" / "test")), \
+        "is a test image of 'brick'"
+
+
+def _case_bad_threshold_target(base, tmp):
+    return _train(base["data"], tmp, "--calibration_dir", str(tmp), "--threshold_target",
+                  "fpr=2"), "--threshold_target fpr=2 is not valid"
 
 
 def _case_corrupt_png(base, tmp):
