@@ -1,18 +1,26 @@
-"""Measure fit / eval / inference cost against the backbone's own forward pass, in one run.
+"""Measure fit / evaluation / inference cost on every engine against the dygraph backbone's own
+forward pass over the same images, in one run.
 
-    python benchmark.py --configs resnet18:100,wide_resnet50_2:100,wide_resnet50_2:300 \
-        --n_train 100 --n_test 100 --size 256 --out output/benchmark.json
+    python benchmark.py --configs resnet18:100,wide_resnet50_2:300 --engines dygraph,auto \
+        --n_train 100 --n_test 200 --size 256 --latency --hires 2048x2048,1024x4096
 
-For every arch:k it reports: backbone-only images/s (stem + layer1..3: the bound), fit images/s
-and fit / backbone time (N and 4N images), the finalisation time, peak RSS of fits on N and 4N
-training images (separate processes), eval images/s without PRO, the share of scoring (projection,
-Mahalanobis, upsampling, blur) in a forward pass, and dygraph / Paddle Inference latency per
-image (batch 1 and 8, 1 and 2 threads; Paddle Inference with and without oneDNN). Once: AU-PRO
-time on --pro_maps maps. Weights are random (speed does not depend on them); the data is the
-generated demo texture.
+For every arch:k and engine, in fresh processes (peak RSS each):
+
+* fit: a dygraph backbone-only pass over the N training images, the fit on the engine, the model
+  file's save and load, a second backbone-only pass; "fit / backbone" divides the fit's wall time
+  by the mean of the two passes, so that drifts of this shared machine's speed cancel out;
+* evaluation (with AU-PRO): the same around the evaluation of the test images, plus the memory
+  it added beyond the model (bytes per test pixel);
+
+``--latency``: per-image latency of one forward pass at 1 / 2 threads and batch 1 / 8 on dygraph,
+Paddle Inference (oneDNN on and off) and ONNX Runtime. ``--hires``: generated high-resolution
+categories (defects 8-16 px) fitted and evaluated at full resolution and downscaled to about
+256 x 256 pixels: peak RSS, time, pixel AUROC and AU-PRO. Weights are random (speed does not
+depend on them); the data is generated.
 """
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -21,17 +29,9 @@ import time
 
 from utils import ArgumentParser, UserError, positive_int, run_cli, write_json  # first
 import numpy as np  # noqa: E402
-import paddle  # noqa: E402
 
-import metrics  # noqa: E402
-from modelfile import load_model  # noqa: E402
-from models.backbone import ARCHS  # noqa: E402
-from pipeline import model as models_io  # noqa: E402
-from pipeline.backbones import get_backbone  # noqa: E402
-from pipeline.evaluate import EvalOptions, evaluate_category  # noqa: E402
-from pipeline.export import export  # noqa: E402
-from pipeline.fit import FitConfig, fit_category  # noqa: E402
 from datasets.synthetic import generate  # noqa: E402
+from models.backbone import ARCHS  # noqa: E402
 from utils import model_path  # noqa: E402
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -41,18 +41,145 @@ def get_args(argv=None):
     p = ArgumentParser(description="Benchmark OrthoAD-Paddle against the backbone's forward pass.")
     p.add_argument("--configs", type=str, default="resnet18:100",
                    help="comma-separated arch:k pairs")
-    p.add_argument("--n_train", type=positive_int, default=100,
-                   help="N training images (a second fit uses 4N)")
+    p.add_argument("--engines", type=str, default="dygraph,auto",
+                   help="comma-separated engines to fit and evaluate with (auto, dygraph, "
+                        "inference, onnxruntime)")
+    p.add_argument("--n_train", type=positive_int, default=100, help="N training images")
+    p.add_bool("--also_4n", False, "also fit on 4N training images (fixed costs amortised)")
     p.add_argument("--n_test", type=positive_int, default=100, help="test images")
     p.add_argument("--size", type=positive_int, default=256, help="image side = input size")
     p.add_argument("--batch_size", type=positive_int, default=16, help="fit / eval batch size")
-    p.add_argument("--pro_maps", type=positive_int, default=900,
-                   help="maps of --size px for the AU-PRO timing")
+    p.add_bool("--latency", False, "also measure per-image latency on every engine")
     p.add_argument("--latency_runs", type=positive_int, default=5,
                    help="timed repetitions per latency figure (median)")
+    p.add_argument("--hires", type=str, default="",
+                   help="comma-separated HxW high-resolution categories (e.g. 2048x2048)")
+    p.add_argument("--hires_k", type=positive_int, default=100, help="k of the --hires fits")
+    p.add_argument("--hires_n", type=str, default="16,12",
+                   help="training,test images of each --hires category")
     p.add_argument("--work_dir", type=str, default=None, help="scratch folder (default: temp)")
     p.add_argument("--out", type=str, default="output/benchmark.json", help="JSON result file")
     return p.parse_args(argv)
+
+
+# --------------------------------------------------------------------------- child processes
+
+def _rss_now_mib():
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _backbone_pass(files, size, batch):
+    """Seconds of a dygraph backbone-only pass over ``files`` with the pipeline's loader."""
+    import paddle
+
+    from datasets.mvtec import prefetch_batches
+    from datasets.transforms import Preprocess, load_rgb
+    from pipeline.backbones import get_backbone
+    bb = get_backbone(_TASK["arch"], False, None, 0)
+    pre = Preprocess(size, size)
+    t = time.perf_counter()
+    for images in prefetch_batches(files, lambda f: pre.image(load_rgb(f)), batch):
+        with paddle.no_grad():
+            bb(paddle.to_tensor(np.stack(images)))[2].numpy()
+    return time.perf_counter() - t
+
+
+_TASK = {}
+
+
+def _worker(task_json):
+    """In a child process: one task (fit / eval / hires); prints its figures as JSON."""
+    task = json.loads(task_json)
+    _TASK.update(task)
+    import cli
+    from datasets.mvtec import MVTecCategory
+    from modelfile import load_model
+    from pipeline import model as models_io
+    from pipeline.backbones import get_backbone
+    from pipeline.evaluate import EvalOptions, evaluate_category
+    from pipeline.fit import FitConfig, fit_category
+    from pipeline.geometry import parse_input_size
+    from utils import setup_logging
+    setup_logging()
+
+    class Args:
+        cpu_threads = None
+    cli.apply_threads(Args)
+    data, cat, save, kind = task["data"], task["category"], task["save"], task["kind"]
+    arch, k, size, batch = task["arch"], task["k"], task["size"], task["batch"]
+    cache = os.path.join(save, "graphs")
+    path = model_path(save, "ortho", arch, k, cat)
+    out = {}
+    if kind in ("fit", "hires"):
+        files = MVTecCategory(data, cat).train_files()
+        if kind == "fit":
+            out["backbone_before_s"] = _backbone_pass(files, size, batch)
+        geometry = {"resize": size, "crop_size": size} if kind == "fit" else \
+            {"input_size": parse_input_size(task["input_size"])}
+        cfg = FitConfig(arch=arch, k=k, batch_size=batch, engine=task["engine"], **geometry)
+        if kind == "fit":        # the run's one-off graph build, timed apart from the fit
+            from models.orthoad import OrthoAD
+            from models.projection import make_projection
+            from pipeline.graphs import embedder
+            bb = get_backbone(arch, False, None, 0)
+            det = OrthoAD(bb, make_projection("ortho", sum(bb.channels), k, 0), size)
+            out["graph_build_s"] = _timed(lambda: embedder(task["engine"], det, cache))
+        t = time.perf_counter()
+        model = fit_category(data, cat, cfg, get_backbone(arch, False, None, 0), cache)
+        out.update({"fit_s": time.perf_counter() - t, "engine": model.meta["engine"],
+                    "finalize_s": model.meta["finalize_seconds"], "cell": model.meta["cell"],
+                    "input_size": model.meta["input_size"]})
+        out["save_s"] = _timed(lambda: model.save(path))
+        del model
+        out["load_s"] = _timed(lambda: load_model(path))
+        if kind == "fit":
+            out["backbone_after_s"] = _backbone_pass(files, size, batch)
+        out["fit_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if kind in ("eval", "hires"):
+        samples = MVTecCategory(data, cat).test_samples()
+        if kind == "eval":
+            out["backbone_before_s"] = _backbone_pass([s.path for s in samples], size, batch)
+        model = models_io.load(path)
+        out["graph_build_s"] = _timed(lambda: model.use_engine(task["engine"], cache))
+        from pipeline.geometry import batch_for
+        warm = np.zeros((batch_for(batch, model.preprocess.input_hw), 3,
+                         *model.preprocess.input_hw), np.float32)
+        for _ in range(2):           # full batches: ONNX Runtime's arena settles on the second
+            model.score(warm)
+        base_rss = _rss_now_mib()
+        peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        t = time.perf_counter()
+        row = evaluate_category(model, data, cat, EvalOptions(batch_size=batch,
+                                                                eval_pro=True)).row
+        out.update({"eval_s": time.perf_counter() - t, "engine": model.engine,
+                    "scoring_s": row["eval_seconds"], "pro_s": row["pro_seconds"],
+                    "pixel_auroc": row["pixel_auroc"], "au_pro": row["au_pro"],
+                    "image_auroc": row["image_auroc"]})
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        h, w = model.preprocess.input_hw
+        out["eval_added_mib"] = max(0.0, peak - max(base_rss, peak_before))
+        out["eval_bytes_per_px"] = out["eval_added_mib"] * 2 ** 20 / (len(samples) * h * w)
+        if kind == "eval":
+            out["backbone_after_s"] = _backbone_pass([s.path for s in samples], size, batch)
+    print(json.dumps(out))
+
+
+def _run(task):
+    """``_worker(task)`` in a fresh process; returns (its figures, its peak RSS in MiB)."""
+    cmd = [sys.executable, "-c", "import sys, benchmark; benchmark._worker(sys.argv[1])",
+           json.dumps(task)]
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)           # wait4: the child's own peak RSS
+        out.seek(0)
+        err.seek(0)
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise RuntimeError(f"{task['kind']} failed: {err.read().decode()[-800:]}")
+        return json.loads(out.read().decode().strip().splitlines()[-1]), usage.ru_maxrss / 1024
 
 
 def _timed(fn):
@@ -66,151 +193,93 @@ def _median_time(fn, runs):
     return float(np.median([_timed(fn) for _ in range(runs)]))
 
 
-def _fit_worker(data, category, save, arch, k, size, batch):
-    """In a child process: backbone-only pass over the training images, the fit, a second
-    backbone-only pass; prints their times as JSON.
+# --------------------------------------------------------------------------- measurements
 
-    The fit is compared with the mean of the two passes around it, on the same images with the
-    same loader, so that drifts of a shared machine's speed between measurements cancel out.
-    """
-    from datasets.mvtec import MVTecCategory, prefetch_batches
-    from datasets.transforms import Preprocess, load_rgb
-    k, size, batch = int(k), int(size), int(batch)
-    bb = get_backbone(arch, False, None, 0)
-    files = MVTecCategory(data, category).train_files()
-    pre = Preprocess(size, size)
-
-    def backbone_pass():
-        t = time.perf_counter()
-        for images in prefetch_batches(files, lambda f: pre.image(load_rgb(f)), batch):
-            with paddle.no_grad():
-                bb(paddle.to_tensor(np.stack(images)))[2].numpy()
-        return time.perf_counter() - t
-
-    before = backbone_pass()
-    cfg = FitConfig(arch=arch, k=k, resize=size, crop_size=size, batch_size=batch)
-    model = fit_category(data, category, cfg, bb)
-    meta = model.meta
-    path = model_path(save, "ortho", arch, k, category)
-    save_s = _timed(lambda: model.save(path))
-    del model
-    load_s = _timed(lambda: load_model(path))
-    after = backbone_pass()
-    print(json.dumps({"backbone_s": (before + after) / 2, "backbone_before_s": before,
-                      "backbone_after_s": after, "fit_s": meta["fit_seconds"],
-                      "finalize_s": meta["finalize_seconds"],
-                      "save_s": save_s, "load_s": load_s}))
-
-
-def _fit_process(data, category, save, arch, k, size, batch):
-    """``_fit_worker`` in a fresh process; returns (its figures, its peak RSS in MiB)."""
-    cmd = [sys.executable, "-c", "import sys, benchmark; benchmark._fit_worker(*sys.argv[1:])",
-           data, category, save, arch, str(k), str(size), str(batch)]
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=err)
-        _, status, usage = os.wait4(proc.pid, 0)          # wait4: the child's own peak RSS
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        if proc.returncode != 0:
-            raise RuntimeError(f"fit failed: {err.read().decode()[-500:]}")
-        return json.loads(out.read().decode().strip().splitlines()[-1]), usage.ru_maxrss / 1024
-
-
-def _inference_latency(export_dir, threads, batch, x, runs, mkldnn):
-    from paddle import inference
-    cfg = inference.Config(os.path.join(export_dir, "model.json"),
-                           os.path.join(export_dir, "model.pdiparams"))
-    cfg.disable_gpu()
-    if mkldnn:
-        cfg.enable_mkldnn()
-    else:
-        cfg.disable_mkldnn()
-    cfg.set_cpu_math_library_num_threads(threads)
-    cfg.disable_glog_info()
-    pred = inference.create_predictor(cfg)
-    handle = pred.get_input_handle(pred.get_input_names()[0])
-    xb = np.ascontiguousarray(x[:batch])
-
-    def run():
-        handle.reshape(list(xb.shape))
-        handle.copy_from_cpu(xb)
-        pred.run()
-        for name in pred.get_output_names():
-            pred.get_output_handle(name).copy_to_cpu()
-    return _median_time(run, runs) / batch
-
-
-def bench_config(arch, k, data, work, args):
-    """All figures of one arch:k."""
-    res = {"arch": arch, "k": k}
-    bb = get_backbone(arch, False, None, 0)
-    n, size = args.n_train, args.size
-    x = paddle.randn([args.batch_size, 3, size, size])
-
-    save = os.path.join(work, f"models_{arch}_{k}")
-    fit_n, rss_n = _fit_process(data, "bench_n", save, arch, k, size, args.batch_size)
-    fit_4n, rss_4n = _fit_process(data, "bench_4n", save, arch, k, size, args.batch_size)
-    res.update({"backbone_img_s": n / fit_n["backbone_s"], "fit_img_s": n / fit_n["fit_s"],
-                "fit_over_backbone": fit_n["fit_s"] / fit_n["backbone_s"],
-                "fit_over_backbone_4N": fit_4n["fit_s"] / fit_4n["backbone_s"],
-                "finalize_s": fit_n["finalize_s"], "finalize_4N_s": fit_4n["finalize_s"],
-                "save_s": fit_n["save_s"], "load_s": fit_n["load_s"], "fit_N": fit_n,
-                "fit_4N": fit_4n,
-                "peak_rss_N_mib": rss_n, "peak_rss_4N_mib": rss_4n,
-                "rss_4N_over_N": rss_4n / rss_n})
-
-    model = models_io.load(model_path(save, "ortho", arch, k, "bench_n"))
-    row = evaluate_category(model, data, "bench_n",
-                            EvalOptions(batch_size=args.batch_size, eval_pro=True))
-    res["eval_img_s"] = row["eval_img_per_s"]
-    res["au_pro_s_category"] = row["pro_seconds"]
-
-    det = model.detector
-    with paddle.no_grad():
-        # interleaved pairs (backbone, then the same stage + scoring) so that drifts of this shared
-        # machine's speed hit both sides; median of the per-pair shares
-        det(x)
-        embed_pct, score_pct = [], []
-        for _ in range(max(3, args.latency_runs)):
-            t_bb = _timed(lambda: [f.numpy() for f in bb(x)])
-            t_embed = _timed(lambda: det.embed(x).numpy())
-            t_full = _timed(lambda: det(x)[1].numpy())
-            embed_pct.append(100 * (t_embed - t_bb) / t_bb)
-            score_pct.append(100 * (t_full - t_bb) / t_bb)
-    res["projection_pct_of_backbone"] = float(np.median(embed_pct))
-    res["scoring_pct_of_backbone"] = float(np.median(score_pct))
-
-    export_dir = os.path.join(work, f"export_{arch}_{k}")
-    export(model, export_dir)
-    xs = np.random.default_rng(0).standard_normal((8, 3, size, size)).astype("float32")
-    lat = {}
-    for threads in (1, 2):
-        paddle.base.core.set_num_threads(threads)
-        for batch in (1, 8):
-            xb = paddle.to_tensor(xs[:batch])
-            with paddle.no_grad():
-                dy = _median_time(lambda: det(xb)[1].numpy(), args.latency_runs) / batch
-                bbt = _median_time(lambda: bb(xb)[2].numpy(), args.latency_runs) / batch
-            inf = _inference_latency(export_dir, threads, batch, xs, args.latency_runs, True)
-            nat = _inference_latency(export_dir, threads, batch, xs, args.latency_runs, False)
-            lat[f"t{threads}_b{batch}"] = {"dygraph_ms": 1000 * dy, "inference_ms": 1000 * inf,
-                                           "inference_native_ms": 1000 * nat,
-                                           "backbone_ms": 1000 * bbt}
-    paddle.base.core.set_num_threads(os.cpu_count() or 1)
-    res["latency"] = lat
+def bench_config(arch, k, engines, data, work, args):
+    """Fit and evaluation figures of one arch:k on every engine."""
+    res = {"arch": arch, "k": k, "engines": {}}
+    for engine in engines:
+        save = os.path.join(work, f"models_{arch}_{k}_{engine}")
+        base = {"data": data, "save": save, "arch": arch, "k": k, "size": args.size,
+                "batch": args.batch_size, "engine": engine}
+        fit, fit_rss = _run(dict(base, kind="fit", category="bench_n"))
+        backbone = (fit["backbone_before_s"] + fit["backbone_after_s"]) / 2
+        ev, ev_rss = _run(dict(base, kind="eval", category="bench_n"))
+        ev_backbone = (ev["backbone_before_s"] + ev["backbone_after_s"]) / 2
+        r = {"engine": fit["engine"], "fit": fit, "eval": ev,
+             "backbone_img_s": args.n_train / backbone, "fit_img_s": args.n_train / fit["fit_s"],
+             "fit_over_backbone": fit["fit_s"] / backbone, "fit_rss_mib": fit_rss,
+             "eval_backbone_img_s": args.n_test / ev_backbone,
+             "eval_img_s": args.n_test / ev["eval_s"],
+             "eval_over_backbone": ev["eval_s"] / ev_backbone, "eval_rss_mib": ev_rss,
+             "eval_bytes_per_px": ev["eval_bytes_per_px"]}
+        if args.also_4n:
+            fit4, rss4 = _run(dict(base, kind="fit", category="bench_4n"))
+            r.update({"fit_over_backbone_4N": fit4["fit_s"] / (
+                (fit4["backbone_before_s"] + fit4["backbone_after_s"]) / 2),
+                "fit_rss_4N_mib": rss4, "fit_4N": fit4})
+        res["engines"][engine] = r
     return res
 
 
-def bench_au_pro(n_maps, size):
-    rng = np.random.default_rng(0)
-    maps = rng.random((n_maps, size, size), dtype=np.float32)
-    masks = np.zeros(maps.shape, dtype=bool)
-    masks[n_maps // 2:, size // 4:size // 2, size // 4:size // 2] = True
-    maps[masks] += 0.5
-    t = time.perf_counter()
-    value = metrics.au_pro(masks, maps)
-    return {"maps": n_maps, "size": size, "seconds": time.perf_counter() - t, "au_pro": value}
+def bench_latency(arch, k, work, args):
+    """Per-image latency of the whole scoring graph on every engine (ms), median of runs."""
+    import paddle
+
+    from pipeline import engines as eng
+    from pipeline import model as models_io
+    from pipeline.export import export
+    path = model_path(os.path.join(work, f"models_{arch}_{k}_dygraph"), "ortho", arch, k,
+                      "bench_n")
+    model = models_io.load(path)
+    det, bb = model.detector, model.backbone
+    exp = {fmt: os.path.join(work, f"export_{arch}_{k}_{fmt}") for fmt in ("paddle", "onnx")}
+    for fmt, folder in exp.items():
+        export(model, folder, fmt)
+    xs = np.random.default_rng(0).standard_normal((8, 3, args.size, args.size)).astype("float32")
+    lat = {}
+    for threads in (1, 2):
+        paddle.base.core.set_num_threads(threads)
+        graphs = {"inference_ms": eng.PaddleInferenceGraph(
+                      os.path.join(exp["paddle"], "model.json"),
+                      os.path.join(exp["paddle"], "model.pdiparams"), threads, True),
+                  "inference_native_ms": eng.PaddleInferenceGraph(
+                      os.path.join(exp["paddle"], "model.json"),
+                      os.path.join(exp["paddle"], "model.pdiparams"), threads, False),
+                  "onnxruntime_ms": eng.OnnxRuntimeGraph(os.path.join(exp["onnx"],
+                                                                      "model.onnx"), threads)}
+        for batch in (1, 8):
+            xb = paddle.to_tensor(xs[:batch])
+            row = {}
+            with paddle.no_grad():
+                row["backbone_ms"] = _median_time(lambda: bb(xb)[2].numpy(), args.latency_runs)
+                row["dygraph_ms"] = _median_time(lambda: det(xb)[1].numpy(), args.latency_runs)
+            for name, g in graphs.items():
+                row[name] = _median_time(lambda: g.run({"image": xs[:batch]}), args.latency_runs)
+            lat[f"t{threads}_b{batch}"] = {n: 1000 * v / batch for n, v in row.items()}
+    paddle.base.core.set_num_threads(os.cpu_count() or 1)
+    return lat
+
+
+def bench_hires(size_text, work, args):
+    """One high-resolution category at full resolution and downscaled to ~256^2 pixels."""
+    h, w = (int(v) for v in size_text.lower().split("x"))
+    n_train, n_test = (int(v) for v in args.hires_n.split(","))
+    data = os.path.join(work, f"hires_{h}x{w}")
+    if not os.path.isdir(os.path.join(data, "hires")):
+        generate(data, ("hires",), n_train=n_train, n_good=max(1, n_test // 3),
+                 n_defect=n_test - max(1, n_test // 3), size=w, seed=0, height=h)
+    scale = (256 * 256 / (h * w)) ** 0.5
+    small = f"{max(32, round(h * scale / 16) * 16)} {max(32, round(w * scale / 16) * 16)}"
+    rows = []
+    for label, input_size in (("full", f"{h} {w}"), ("downscaled", small)):
+        task = {"data": data, "save": os.path.join(data, f"models_{label}"),
+                "arch": "resnet18", "k": args.hires_k, "size": 0, "batch": args.batch_size,
+                "engine": "auto", "kind": "hires", "category": "hires",
+                "input_size": input_size.split()}
+        out, rss = _run(task)
+        rows.append(dict(out, label=label, image=f"{h}x{w}", peak_rss_mib=rss))
+    return rows
 
 
 def _prepare_data(root, n, m, size):
@@ -228,32 +297,49 @@ def _prepare_data(root, n, m, size):
             os.symlink(os.path.join(src, sub), os.path.join(dst, sub))
 
 
-def markdown(results, pro):
-    lines = ["| arch | k | backbone img/s | fit img/s | fit / backbone (N / 4N) | finalize s | "
-             "save / load s | RSS N / 4N MiB | eval img/s | scoring % of backbone | "
-             "AU-PRO s (category) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+# --------------------------------------------------------------------------- tables
+
+def markdown(results, hires):
+    lines = ["| arch | k | engine | backbone img/s (dygraph) | fit img/s | fit / backbone | "
+             "finalize s | save / load s | fit RSS MiB | eval img/s | eval / backbone | "
+             "eval bytes / test px | eval RSS MiB | graph build s (fit / eval) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
-        lines.append(f"| {r['arch']} | {r['k']} | {r['backbone_img_s']:.2f} | "
-                     f"{r['fit_img_s']:.2f} | {r['fit_over_backbone']:.2f} / "
-                     f"{r['fit_over_backbone_4N']:.2f} | "
-                     f"{r['finalize_s']:.1f} | {r['save_s']:.2f} / {r['load_s']:.2f} | "
-                     f"{r['peak_rss_N_mib']:.0f} / "
-                     f"{r['peak_rss_4N_mib']:.0f} ({r['rss_4N_over_N']:.2f}x) | "
-                     f"{r['eval_img_s']:.2f} | {r['scoring_pct_of_backbone']:.1f} | "
-                     f"{r['au_pro_s_category']:.2f} |")
-    lines += ["", "| arch | k | threads | batch | backbone ms/img | dygraph ms/img | "
-              "Paddle Inference ms/img (oneDNN, default) | Paddle Inference ms/img (oneDNN off) |",
-              "|---|---|---|---|---|---|---|---|"]
-    for r in results:
-        for key, v in r["latency"].items():
-            t, b = key[1:].split("_b")
-            lines.append(f"| {r['arch']} | {r['k']} | {t} | {b} | {v['backbone_ms']:.1f} | "
-                         f"{v['dygraph_ms']:.1f} | {v['inference_ms']:.1f} | "
-                         f"{v['inference_native_ms']:.1f} |")
-    lines += ["", f"AU-PRO on {pro['maps']} maps of {pro['size']}x{pro['size']} px: "
-                  f"{pro['seconds']:.2f} s"]
+        for e in r["engines"].values():
+            f4 = f" ({e['fit_over_backbone_4N']:.2f} at 4N)" if "fit_over_backbone_4N" in e \
+                else ""
+            lines.append(
+                f"| {r['arch']} | {r['k']} | {e['engine']} | {e['backbone_img_s']:.2f} | "
+                f"{e['fit_img_s']:.2f} | {e['fit_over_backbone']:.2f}{f4} | "
+                f"{e['fit']['finalize_s']:.1f} | {e['fit']['save_s']:.2f} / "
+                f"{e['fit']['load_s']:.2f} | {e['fit_rss_mib']:.0f} | {e['eval_img_s']:.2f} | "
+                f"{e['eval_over_backbone']:.2f} | {e['eval_bytes_per_px']:.1f} | "
+                f"{e['eval_rss_mib']:.0f} | {e['fit']['graph_build_s']:.1f} / "
+                f"{e['eval']['graph_build_s']:.1f} |")
+    if any("latency" in r for r in results):
+        lines += ["", "| arch | k | threads | batch | backbone (dygraph) | dygraph | Paddle "
+                  "Inference, oneDNN | Paddle Inference, oneDNN off | ONNX Runtime |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for r in results:
+            for key, v in r.get("latency", {}).items():
+                t, b = key[1:].split("_b")
+                lines.append(f"| {r['arch']} | {r['k']} | {t} | {b} | {v['backbone_ms']:.1f} | "
+                             f"{v['dygraph_ms']:.1f} | {v['inference_ms']:.1f} | "
+                             f"{v['inference_native_ms']:.1f} | {v['onnxruntime_ms']:.1f} |")
+        lines.append("(ms per image)")
+    if hires:
+        lines += ["", "| image | input | cell | fit s | eval s | peak RSS MiB | pixel AUROC | "
+                  "AU-PRO | image AUROC |", "|---|---|---|---|---|---|---|---|---|"]
+        for h in hires:
+            lines.append(f"| {h['image']} ({h['label']}) | {h['input_size'][0]}x"
+                         f"{h['input_size'][1]} | {h['cell']} | {h['fit_s']:.1f} | "
+                         f"{h['eval_s']:.1f} | {h['peak_rss_mib']:.0f} | {h['pixel_auroc']:.4f} | "
+                         f"{h['au_pro']:.4f} | {_f(h['image_auroc'])} |")
     return "\n".join(lines)
+
+
+def _f(v):
+    return "n/a" if v is None else f"{v:.4f}"
 
 
 def main(args):
@@ -264,18 +350,29 @@ def main(args):
             raise UserError(f"--configs entry '{item}' is not arch:k with arch in "
                             f"{', '.join(sorted(ARCHS))}: e.g. resnet18:100")
         configs.append((arch, int(k)))
+    engines = [e for e in args.engines.split(",") if e]
+    for e in engines:
+        if e not in ("auto", "dygraph", "inference", "onnxruntime"):
+            raise UserError(f"--engines entry '{e}' is not an engine: use auto, dygraph, "
+                            "inference or onnxruntime")
+    if args.latency and "dygraph" not in engines:
+        raise UserError("--latency needs the dygraph fit: add dygraph to --engines")
     work = args.work_dir or tempfile.mkdtemp(prefix="orthoad_bench_")
     data = os.path.join(work, "data")
     if not os.path.isdir(os.path.join(data, "bench_n")):
         _prepare_data(data, args.n_train, args.n_test, args.size)
-    results = [bench_config(arch, k, data, work, args) for arch, k in configs]
-    pro = bench_au_pro(args.pro_maps, args.size)
-    out = {"results": results, "au_pro": pro,
+    results = []
+    for arch, k in configs:
+        res = bench_config(arch, k, engines, data, work, args)
+        if args.latency:
+            res["latency"] = bench_latency(arch, k, work, args)
+        results.append(res)
+    hires = [row for s in args.hires.split(",") if s for row in bench_hires(s, work, args)]
+    out = {"results": results, "hires": hires,
            "setup": {"n_train": args.n_train, "n_test": args.n_test, "size": args.size,
-                     "batch_size": args.batch_size, "cpus": os.cpu_count(),
-                     "paddle": paddle.__version__}}
+                     "batch_size": args.batch_size, "cpus": os.cpu_count()}}
     write_json(args.out, out)
-    print(markdown(results, pro))
+    print(markdown(results, hires))
     print(f"\nJSON in {args.out}")
     if not args.work_dir:
         shutil.rmtree(work, ignore_errors=True)

@@ -9,6 +9,7 @@ against <data_path>/<category>/test, the data the model was fitted on unless --d
 given). The model file is replaced atomically; its threshold record names the rule.
 """
 import logging
+import os
 import sys
 
 from utils import ArgumentParser, UserError, model_path, run_cli  # first: quiets Paddle
@@ -45,8 +46,10 @@ def main(args):
     path = args.model_path or model_path(args.save_path, args.method, args.arch, args.k,
                                          args.category)
     expect = None if args.model_path else {"method": args.method, "arch": args.arch, "k": args.k}
-    cli.apply_threads(args)
+    threads = cli.apply_threads(args)
     model = models_io.load(path, expect, args.weights)
+    model.use_engine(args.engine, cli.graph_cache(os.path.dirname(os.path.abspath(path))),
+                     threads)
     category = model.meta["category"]
     data_path = args.data_path or model.meta.get("data_path")
     if not data_path:

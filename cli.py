@@ -59,6 +59,12 @@ def add_run_args(parser):
     parser.add_argument("--cpu_threads", type=positive_int, default=None,
                         help="CPU threads for the backbone and the statistics (default: every "
                              "CPU this process may use)")
+    parser.add_argument("--engine", type=str, default="auto",
+                        choices=["auto", "dygraph", "inference", "onnxruntime"],
+                        help="what runs the backbone and the scoring graph: auto (the fastest "
+                             "installed: ONNX Runtime, then Paddle Inference on a CPU; Paddle on "
+                             "a GPU), dygraph, inference (Paddle Inference, oneDNN) or "
+                             "onnxruntime")
 
 
 def add_eval_args(parser):
@@ -109,12 +115,19 @@ def apply_threads(args):
     return linalg.n_threads()
 
 
-def run_info(args, weights_source):
+def graph_cache(folder):
+    """Where a run keeps the engines' graphs (built once, reused by later categories and runs)."""
+    return os.path.join(folder, "graphs")
+
+
+def run_info(args, weights_source, engine=None):
     """Facts about a run for the report's header."""
     info = {"command": " ".join(os.path.basename(a) if i == 0 else a
                                 for i, a in enumerate(sys.argv)),
             "method / arch / k": f"{args.method} / {args.arch} / {args.k}",
             "backbone weights": weights_source}
+    if engine:
+        info["engine"] = engine
     if getattr(args, "eval_size", None):
         info["metrics at"] = "the network input size" if args.eval_size == "input" else \
             "each image's original size"

@@ -40,7 +40,7 @@ def main(args):
         raise UserError("--model_path holds one category's model: pass --category NAME too")
     out_dir = ensure_dir(os.path.dirname(os.path.abspath(args.model_path)) if args.model_path
                          else run_dir(args.save_path, args.method, args.arch, args.k))
-    cli.apply_threads(args)
+    threads = cli.apply_threads(args)
     opts = eval_options(args, out_dir)
     expect = {"method": args.method, "arch": args.arch, "k": args.k, "resize": args.resize,
               "crop_size": args.crop_size}
@@ -49,9 +49,10 @@ def main(args):
         path = args.model_path or model_path(args.save_path, args.method, args.arch, args.k,
                                              category)
         model = models_io.load(path, expect, args.weights)
+        model.use_engine(args.engine, cli.graph_cache(out_dir), threads)
         if results is None:
             results = RunResults(out_dir, args.report,
-                                 cli.run_info(args, model.meta["weights_source"]))
+                                 cli.run_info(args, model.meta["weights_source"], model.engine))
         result = evaluate_category(model, args.data_path, category, opts)
         results.add(result.row, result)
         del model

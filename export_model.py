@@ -2,9 +2,11 @@
 
     python export_model.py --model_path output/ortho_resnet18_k100/brick.safetensors --save_dir output/export/brick
 
-Writes model.json (or model.pdmodel with the legacy IR) + model.pdiparams, holding the backbone,
-projection, Gaussian, upsampling and blur, and deploy.json (pre-processing, thresholds, display
-range, metadata and the SHA-256 of model.pdiparams) that infer.py reads.
+Writes the whole scoring graph (backbone, projection, Gaussian, upsampling and blur): with
+--format paddle (default) model.json (or model.pdmodel with the legacy IR) + model.pdiparams, with
+--format onnx model.onnx (+ model.onnx.data above protobuf's 2 GB); and deploy.json
+(pre-processing, thresholds, display range, metadata, SHA-256 of the graph files) that infer.py
+reads.
 """
 import logging
 import sys
@@ -12,7 +14,8 @@ import sys
 from utils import ArgumentParser, UserError, model_path, run_cli  # first: quiets Paddle
 import cli  # noqa: E402
 from pipeline import model as models_io  # noqa: E402
-from pipeline.export import export  # noqa: E402
+from pipeline.engines import require  # noqa: E402
+from pipeline.export import FORMATS, export  # noqa: E402
 
 logger = logging.getLogger("export")
 
@@ -24,7 +27,10 @@ def get_args(argv=None):
                    help="instead of --model_path: the category under --save_path")
     cli.add_model_args(p, fitting=False)
     p.add_argument("--save_dir", type=str, default="./output/export",
-                   help="folder for model.json / model.pdiparams / deploy.json")
+                   help="folder for the graph files and deploy.json")
+    p.add_argument("--format", type=str, default="paddle", choices=list(FORMATS),
+                   help="paddle: model.json + model.pdiparams (Paddle Inference); onnx: "
+                        "model.onnx (+ model.onnx.data above 2 GB), for ONNX Runtime")
     return p.parse_args(argv)
 
 
@@ -34,8 +40,10 @@ def main(args):
     path = args.model_path or model_path(args.save_path, args.method, args.arch, args.k,
                                          args.category)
     expect = None if args.model_path else {"method": args.method, "arch": args.arch, "k": args.k}
+    if args.format == "onnx":
+        require("onnxruntime")
     model = models_io.load(path, expect, args.weights)
-    written = export(model, args.save_dir)
+    written = export(model, args.save_dir, args.format)
     print("exported " + ", ".join(written))
     return written
 

@@ -1,10 +1,13 @@
-"""Run an exported model with Paddle Inference (no import of models/: the graph is complete).
+"""Run an exported model with Paddle Inference or ONNX Runtime (no import of models/: the graph
+is complete).
 
     python infer.py --model_file output/export/brick/model.json \
         --params_file output/export/brick/model.pdiparams --input_file IMAGE_OR_FOLDER
+    python infer.py --model_file output/export_onnx/brick/model.onnx --input_file IMAGE_OR_FOLDER
 
 Pre-processing, thresholds and the display range come from deploy.json (--stats), written by
-export_model.py, so they cannot drift from training.
+export_model.py, so they cannot drift from training; the SHA-256 of every graph file must match
+it.
 """
 import json
 import logging
@@ -19,14 +22,21 @@ from utils import (ArgumentParser, UserError, positive_int, run_cli, sha256_file
                    write_csv)
 from datasets.transforms import Preprocess, list_inputs, load_rgb  # noqa: E402
 from modelfile import is_pickle  # noqa: E402
+from pipeline.engines import (OnnxRuntimeGraph, PaddleInferenceGraph,  # noqa: E402
+                              map_and_score)
 
 logger = logging.getLogger("infer")
 
 
 def get_args(argv=None):
-    p = ArgumentParser(description="Paddle Inference on an exported OrthoAD / PaDiM model.")
-    p.add_argument("--model_file", type=str, required=True, help="model.json or model.pdmodel")
-    p.add_argument("--params_file", type=str, required=True, help="model.pdiparams")
+    p = ArgumentParser(description="Paddle Inference or ONNX Runtime on an exported OrthoAD / "
+                                   "PaDiM model.")
+    p.add_argument("--model_file", type=str, required=True,
+                   help="model.json or model.pdmodel (Paddle Inference), or model.onnx (ONNX "
+                        "Runtime)")
+    p.add_argument("--params_file", type=str, default=None,
+                   help="model.pdiparams of a Paddle graph (default: beside --model_file); an "
+                        "ONNX model takes none")
     p.add_argument("--input_file", type=str, required=True, help="an image or a folder of images")
     p.add_argument("--stats", type=str, default=None,
                    help="deploy.json written by export_model.py (default: next to --model_file)")
@@ -37,8 +47,8 @@ def get_args(argv=None):
     p.add_bool("--use_gpu", False, "run on GPU 0")
     p.add_argument("--batch_size", type=positive_int, default=1, help="images per run")
     p.add_argument("--cpu_threads", type=positive_int, default=2, help="CPU math threads")
-    p.add_bool("--enable_mkldnn", True, "oneDNN kernels on CPU (faster than Paddle's own; see "
-               "README)")
+    p.add_bool("--enable_mkldnn", True, "Paddle Inference: oneDNN kernels on CPU (faster than "
+               "Paddle's own; see README); ONNX Runtime ignores it")
     p.add_argument("--precision", type=str, default="fp32", choices=["fp32"],
                    help="fp32 only: the per-patch precision matrices need float32 (kept for "
                         "TIPC's --precision flag)")
@@ -50,87 +60,65 @@ def get_args(argv=None):
     return p.parse_args(argv)
 
 
+def _is_onnx(path):
+    return path.lower().endswith(".onnx")
+
+
 def read_deploy(args):
-    """Check the files and read deploy.json; verify it belongs to --params_file."""
-    for flag, path in (("--model_file", args.model_file), ("--params_file", args.params_file)):
-        if not os.path.isfile(path):
-            raise UserError(f"{flag} '{path}' does not exist: run export_model.py first")
-    stats = args.stats or os.path.join(os.path.dirname(args.model_file), "deploy.json")
+    """Check the files and read deploy.json; verify that every graph file belongs to it."""
+    if not os.path.isfile(args.model_file):
+        raise UserError(f"--model_file '{args.model_file}' does not exist: run export_model.py "
+                        "first")
+    folder = os.path.dirname(os.path.abspath(args.model_file))
+    params = args.params_file or (None if _is_onnx(args.model_file) else
+                                  os.path.join(folder, "model.pdiparams"))
+    if params and not os.path.isfile(params):
+        raise UserError(f"--params_file '{params}' does not exist: run export_model.py first")
+    stats = args.stats or os.path.join(folder, "deploy.json")
     if os.path.isdir(stats):
         stats = os.path.join(stats, "deploy.json")
     if not os.path.isfile(stats):
         raise UserError(f"deploy file '{stats}' does not exist: pass --stats with the "
                         "deploy.json that export_model.py wrote")
-    for flag, path in (("--model_file", args.model_file), ("--params_file", args.params_file),
+    for flag, path in (("--model_file", args.model_file), ("--params_file", params),
                        ("--stats", stats)):
-        if is_pickle(path):
+        if path and is_pickle(path):
             raise UserError(f"{flag} '{path}' is a Python pickle, which could run code when "
                             "loaded: pass the files that export_model.py writes")
     try:
         with open(stats, encoding="utf-8") as fh:
             deploy = json.load(fh)
         Preprocess.from_config(deploy["preprocess"])
-        deploy["params_sha256"], deploy["input_size"]
+        deploy["input_size"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise UserError(f"'{stats}' is not a deploy.json of export_model.py "
                         f"({type(exc).__name__}): export the model again") from None
-    if sha256_file(args.params_file) != deploy["params_sha256"]:
-        raise UserError(f"'{stats}' does not belong to '{args.params_file}' (SHA-256 differs): "
-                        "use the deploy.json exported with these parameters")
+    if _is_onnx(args.model_file):
+        if params:
+            raise UserError(f"an ONNX model takes no --params_file, and '{params}' belongs to "
+                            "another export: leave --params_file out")
+        checks = [(args.model_file, deploy.get("graph_sha256"))]
+        if deploy.get("data_file"):
+            checks.append((os.path.join(folder, deploy["data_file"]), deploy.get("data_sha256")))
+    else:
+        checks = [(params, deploy.get("params_sha256"))]
+    for path, digest in checks:
+        if digest is None or not os.path.isfile(path) or sha256_file(path) != digest:
+            raise UserError(f"'{stats}' does not belong to '{path}' (SHA-256 differs): use the "
+                            "deploy.json exported with these files")
     if args.category and args.category != deploy["model"].get("category"):
         raise UserError(f"the exported model is for category '{deploy['model'].get('category')}'"
                         f", not '{args.category}': pass the matching model")
+    deploy["_params_file"] = params
     return deploy
 
 
-class Predictor:
-    """A Paddle Inference predictor for the exported graph."""
-
-    def __init__(self, args):
-        from paddle import inference
-        config = inference.Config(args.model_file, args.params_file)
-        if args.use_gpu:
-            import paddle
-            if not paddle.device.is_compiled_with_cuda() or paddle.device.cuda.device_count() < 1:
-                raise UserError("--use_gpu=True but this Paddle build or machine has no GPU: "
-                                "install paddlepaddle-gpu or pass --use_gpu=False")
-            config.enable_use_gpu(512, 0)
-        else:
-            config.disable_gpu()
-            config.set_cpu_math_library_num_threads(args.cpu_threads)
-            if args.enable_mkldnn:
-                config.enable_mkldnn()
-            else:
-                config.disable_mkldnn()
-        config.disable_glog_info()
-        try:
-            self.predictor = inference.create_predictor(config)
-        except Exception as exc:
-            raise UserError(f"Paddle Inference cannot load '{args.model_file}' "
-                            f"({str(exc).strip().splitlines()[-1][:120]}): export it again "
-                            "with this Paddle version") from None
-        self.input = self.predictor.get_input_handle(self.predictor.get_input_names()[0])
-        self.outputs = [self.predictor.get_output_handle(n)
-                        for n in self.predictor.get_output_names()]
-        self.mkldnn = bool(args.enable_mkldnn and not args.use_gpu)
-
-    def run(self, x):
-        """x float32 [B, 3, H, W] -> (maps [B, H, W], scores [B])."""
-        self.input.reshape(list(x.shape))
-        self.input.copy_from_cpu(np.ascontiguousarray(x))
-        try:
-            self.predictor.run()
-        except Exception as exc:
-            if self.mkldnn:
-                import paddle
-                raise UserError(f"oneDNN cannot run this graph with Paddle {paddle.__version__} "
-                                f"({type(exc).__name__}: {str(exc).strip()[:100]}): pass "
-                                "--enable_mkldnn=False") from None
-            raise
-        outs = [o.copy_to_cpu() for o in self.outputs]
-        amap = next(o for o in outs if o.ndim == 4)
-        score = next(o for o in outs if o.ndim == 1)
-        return amap[:, 0], score
+def make_runner(args, deploy):
+    """The compiled graph of the export: ONNX Runtime for model.onnx, else Paddle Inference."""
+    if _is_onnx(args.model_file):
+        return OnnxRuntimeGraph(args.model_file, args.cpu_threads, args.use_gpu)
+    return PaddleInferenceGraph(args.model_file, deploy["_params_file"], args.cpu_threads,
+                                args.enable_mkldnn, args.use_gpu)
 
 
 def main(args):
@@ -142,7 +130,7 @@ def main(args):
     threshold, pixel_threshold = visualize.thresholds(deploy)
     if args.threshold is not None:
         threshold = pixel_threshold = args.threshold
-    runner = Predictor(args)
+    runner = make_runner(args, deploy)
     t_pre = t_inf = t_post = 0.0
     results = []
     for start in range(0, len(files), args.batch_size):
@@ -155,7 +143,7 @@ def main(args):
                 logger.warning("%s: %s", f, msg)
         x = np.stack([pre.image(rgb) for rgb in rgbs])
         t1 = time.perf_counter()
-        maps, scores = runner.run(x)
+        maps, scores = map_and_score(runner.run({"image": x}))
         t2 = time.perf_counter()
         for f, xi, amap, score in zip(batch, x, maps, scores):
             row = {"path": f, "score": float(score), "verdict": visualize.verdict(score, threshold),
@@ -177,6 +165,7 @@ def main(args):
         n = len(files)
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(f"benchmark: {n} images, batch {args.batch_size}, "
+              f"{'ONNX Runtime' if _is_onnx(args.model_file) else 'Paddle Inference'} "
               f"{'GPU' if args.use_gpu else f'CPU {args.cpu_threads} threads'}: "
               f"preprocess {1000 * t_pre / n:.1f} ms/img, inference {1000 * t_inf / n:.1f} ms/img, "
               f"postprocess {1000 * t_post / n:.1f} ms/img, "

@@ -47,8 +47,10 @@ def main(args):
     path = args.model_path or model_path(args.save_path, args.method, args.arch, args.k,
                                          args.category)
     expect = None if args.model_path else {"method": args.method, "arch": args.arch, "k": args.k}
-    cli.apply_threads(args)
+    threads = cli.apply_threads(args)
     model = models_io.load(path, expect, args.weights)
+    model.use_engine(args.engine, cli.graph_cache(os.path.dirname(os.path.abspath(path))),
+                     threads)
     threshold, pixel_threshold = visualize.thresholds(model.meta)
     if args.threshold is not None:
         threshold = pixel_threshold = args.threshold

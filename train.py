@@ -43,19 +43,23 @@ def main(args):
         raise UserError(f"--eps {args.eps} must be positive")
     cfg = FitConfig(args.method, args.arch, args.k, args.seed, args.resize, args.crop_size,
                     args.batch_size, args.eps, args.holdout,
-                    parse_input_size(args.input_size), parse_cell(args.cell))
+                    parse_input_size(args.input_size), parse_cell(args.cell), args.engine)
     target = parse_target(args.threshold_target)
     categories = resolve_categories(args.data_path, args.category)
     calibration = {c: calibration_samples(args.calibration_dir, c, len(categories),
                                           args.data_path)
                    for c in categories} if args.calibration_dir else {}
     out_dir = ensure_dir(run_dir(args.save_path, args.method, args.arch, args.k))
-    cli.apply_threads(args)
+    threads = cli.apply_threads(args)
     backbone = get_backbone(args.arch, args.pretrained, args.weights, args.seed)
     opts = eval_options(args, out_dir)
-    results = RunResults(out_dir, args.report, cli.run_info(args, backbone.weights_source))
+    results = RunResults(out_dir, args.report,
+                         cli.run_info(args, backbone.weights_source, args.engine))
+    cache = cli.graph_cache(out_dir)
     for category in categories:
-        model = fit_category(args.data_path, category, cfg, backbone)
+        model = fit_category(args.data_path, category, cfg, backbone, cache)
+        if category in calibration or args.eval:
+            model.use_engine(args.engine, cache, threads)
         if category in calibration:
             calibrate(model, calibration[category], target, args.batch_size,
                       args.calibration_dir)

@@ -91,10 +91,12 @@ class OrthoAD(nn.Layer):
             y = y1 + upsample_nearest(y2, size) + upsample_nearest(y3, size)
         return y.reshape([-1, size[0] * size[1], self.k])
 
-    def score(self, y):
-        """Projected embeddings y [B, h*w, k] -> (anomaly_map [B, 1, H, W], image_score [B])."""
-        dist = mahalanobis(y, self.mean, self.precision, self.cell_order,
-                           self.cell_inverse)
+    def score(self, y, mean=None, precision=None):
+        """Projected embeddings y [B, h*w, k] -> (anomaly_map [B, 1, H, W], image_score [B]),
+        under the installed Gaussian or the given one (mean [C, k], precision [C, k, k])."""
+        mean = self.mean if mean is None else mean
+        precision = self.precision if precision is None else precision
+        dist = mahalanobis(y, mean, precision, self.cell_order, self.cell_inverse)
         return self.head_scores(dist.reshape([-1, *self.grid_hw]))
 
     def head_scores(self, dist):
@@ -148,3 +150,27 @@ def _nearest_index(n_in, n_out):
     float32 ratio n_in / n_out times the output index, truncated."""
     ratio = np.float32(n_in) / np.float32(n_out)
     return (ratio * np.arange(n_out, dtype=np.float32)).astype(np.int64)
+
+
+class Embedder(nn.Layer):
+    """The fit's graph: x [B, 3, H, W] -> embeddings y [B, h*w, k] (backbone + projection)."""
+
+    def __init__(self, detector):
+        super().__init__()
+        self.detector = detector
+
+    def forward(self, x):
+        return self.detector.embed(x)
+
+
+class GaussianScorer(nn.Layer):
+    """The scoring graph with the Gaussian as inputs, so that one graph serves every category
+    of a run: (x [B, 3, H, W], mean [C, k], precision [C, k, k]) -> (map [B, 1, H, W],
+    score [B])."""
+
+    def __init__(self, detector):
+        super().__init__()
+        self.detector = detector
+
+    def forward(self, x, mean, precision):
+        return self.detector.score(self.detector.embed(x), mean, precision)

@@ -17,7 +17,6 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-import paddle
 
 import metrics
 import visualize
@@ -64,15 +63,14 @@ class CategoryResult:
 
 
 def predict_batches(model, items, load, batch_size, desc):
-    """Run the detector over ``items``; yield (loaded items, maps [B, H, W], scores [B])."""
+    """Score ``items`` with the model's engine; yield (loaded items, maps [B, H, W],
+    scores [B])."""
     bar = progress(len(items), desc)
     try:
         for batch in prefetch_batches(items, load, batch_size):
-            x = paddle.to_tensor(np.stack([b[0] for b in batch]))
-            with paddle.no_grad():
-                amap, score = model.detector(x)
+            maps, scores = model.score(np.stack([b[0] for b in batch]))
             bar.update(len(batch))
-            yield batch, amap.numpy()[:, 0], score.numpy()
+            yield batch, maps, scores
     finally:
         bar.close()
 

@@ -22,6 +22,7 @@ from models.projection import make_projection
 from utils import library_versions, progress
 
 from .geometry import batch_for, choose, choose_cell, stats_bytes
+from .graphs import embedder
 from .model import Model
 
 logger = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ class FitConfig:
     holdout: float = 0.1
     input_size: object = "auto"
     cell: object = "auto"
+    engine: str = "auto"
 
 
 MAX_HOLDOUT = 32          # held-out embeddings stay in memory until they join the sums: keep
@@ -72,28 +74,28 @@ def threshold_rule(scores):
     return float(max(s.max(), s.mean() + spread))
 
 
-def embed_files(detector, files, preprocess, batch_size, desc):
-    """Yield projected embeddings [B, h*w, k] of image files, loading ahead in threads."""
+def embed_files(embed, files, preprocess, batch_size, desc):
+    """Yield projected embeddings [B, h*w, k] (ndarrays) of image files by ``embed`` (an
+    engine's callable), loading ahead in threads."""
     bar = progress(len(files), desc)
     try:
         for batch in prefetch_batches(files, lambda f: preprocess.image(load_rgb(f)), batch_size):
-            with paddle.no_grad():
-                y = detector.embed(paddle.to_tensor(np.stack(batch)))
+            y = embed(np.stack(batch))
             bar.update(len(batch))
             yield y
     finally:
         bar.close()
 
 
-def _score_holdout(detector, gauss, files, preprocess, batch_size, category):
+def _score_holdout(detector, embed, gauss, files, preprocess, batch_size, category):
     """Embed the held-out files, score them under the Gaussian of the images seen so far
     (Cholesky solves, no precision matrices) and return (embeddings, image scores, smallest map
     value, seconds of statistics work)."""
     held, n_held = None, 0                        # filled in place: no list + concatenate copy
-    for y in embed_files(detector, files, preprocess, batch_size, f"hold-out {category}"):
+    for y in embed_files(embed, files, preprocess, batch_size, f"hold-out {category}"):
         if held is None:
             held = np.empty((len(files),) + tuple(y.shape[1:]), dtype=np.float32)
-        held[n_held:n_held + y.shape[0]] = y.numpy()
+        held[n_held:n_held + y.shape[0]] = y
         n_held += y.shape[0]
     t = time.perf_counter()
     dist = np.sqrt(np.maximum(gauss.squared_distances(held), 0.0)).astype(np.float32)
@@ -107,8 +109,9 @@ def _score_holdout(detector, gauss, files, preprocess, batch_size, category):
     return held, scores, vmin, stats_s
 
 
-def fit_category(data_path, category, cfg, backbone):
-    """Fit one category.
+def fit_category(data_path, category, cfg, backbone, cache_dir):
+    """Fit one category; the embeddings come from ``cfg.engine`` (graphs cached in
+    ``cache_dir``).
 
     Returns:
         ``pipeline.model.Model`` (not yet saved) whose meta records the configuration, the
@@ -130,13 +133,14 @@ def fit_category(data_path, category, cfg, backbone):
                 "one Gaussian per position" if cell == 1 else f"{cell}x{cell} cells",
                 detector.n_cells, cfg.k, stats_bytes(detector.n_cells, cfg.k) / 1e9)
     gauss = PatchGaussian(eps=cfg.eps, members=detector.members if cell > 1 else None)
-    for y in embed_files(detector, fit_files, preprocess, batch, f"fit {category}"):
+    embed, engine = embedder(cfg.engine, detector, cache_dir, linalg.n_threads())
+    for y in embed_files(embed, fit_files, preprocess, batch, f"fit {category}"):
         gauss.partial_fit(y)
     finalize_s = 0.0
     threshold, display, scores = None, {"vmin": None, "vmax": None}, []
     if hold_files:
-        held, scores, vmin, finalize_s = _score_holdout(detector, gauss, hold_files, preprocess,
-                                                        batch, category)
+        held, scores, vmin, finalize_s = _score_holdout(detector, embed, gauss, hold_files,
+                                                        preprocess, batch, category)
         threshold = threshold_rule(scores)
         display = {"vmin": vmin, "vmax": vmin + 2.0 * (threshold - vmin)}
         gauss.partial_fit(held)
@@ -159,13 +163,14 @@ def fit_category(data_path, category, cfg, backbone):
                       "rule": THRESHOLD_RULE, "holdout_scores": [float(v) for v in scores],
                       "holdout_files": [os.path.basename(f) for f in hold_files]},
         "display": display, "versions": library_versions(), "linalg": linalg.describe(),
-        "cpu_threads": linalg.n_threads(),
+        "cpu_threads": linalg.n_threads(), "engine": engine,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "fit_seconds": round(elapsed, 3),
         "finalize_seconds": round(finalize_s, 3),
     }
     logger.info("%s: fitted on %d images (%d held out for the threshold) in %.1f s "
-                "(%.1f img/s); statistics loops: %s", category, len(files), len(hold_files),
-                elapsed, len(files) / elapsed, _describe_linalg(meta["linalg"]))
+                "(%.1f img/s; embeddings by %s); statistics loops: %s", category, len(files),
+                len(hold_files), elapsed, len(files) / elapsed, engine,
+                _describe_linalg(meta["linalg"]))
     model = Model(meta, {"projection": w, "mean": gauss.mean_, "precision": gauss.precision_},
                   backbone)
     model._detector = detector

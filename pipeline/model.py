@@ -25,6 +25,8 @@ class Model:
     backbone: object
     path: str = None
     _detector: object = field(default=None, repr=False)
+    _scorer: object = field(default=None, repr=False)
+    engine: str = "dygraph"
 
     @property
     def detector(self):
@@ -34,6 +36,19 @@ class Model:
             self._detector = OrthoAD(self.backbone, a["projection"], self.preprocess.input_hw,
                                      a["mean"], a["precision"], self.meta.get("cell", 1))
         return self._detector
+
+    def use_engine(self, requested, cache_dir, threads=None):
+        """Score with ``requested`` (``--engine``; graphs cached in ``cache_dir``)."""
+        from .graphs import scorer
+        self._scorer, self.engine = scorer(requested, self.detector, self.arrays["mean"],
+                                           self.arrays["precision"], cache_dir, threads)
+        return self
+
+    def score(self, x):
+        """x float32 [B, 3, H, W] ndarray -> (maps [B, H, W], scores [B]) ndarrays."""
+        if self._scorer is None:
+            self.use_engine("dygraph", None)
+        return self._scorer(x)
 
     @property
     def preprocess(self):

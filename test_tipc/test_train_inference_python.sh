@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# TIPC chain: train (+eval) -> export -> Paddle Inference, for one config and mode.
+# TIPC chain: train (+eval) -> eval -> export (Paddle, ONNX) -> Paddle Inference / ONNX Runtime.
 # Usage: bash test_tipc/test_train_inference_python.sh test_tipc/configs/OrthoAD/train_infer_python.txt lite_train_lite_infer
 # Every step's log is kept under test_tipc/output/<model>/; results_python.log gets one
 # "Run successfully/failed with command - ...!" line per step; the exit status is non-zero if
@@ -30,14 +30,15 @@ norm_train=$(v 16 norm_train) || exit 2
 eval_cmd=$(v 19 eval) || exit 2
 export_dir=$(m 22 --save_dir) || exit 2
 norm_export=$(v 23 norm_export) || exit 2
-inference=$(v 25 inference) || exit 2
-infer_use_gpu=$(v 26 --use_gpu) || exit 2
-infer_mkldnn=$(v 27 --enable_mkldnn) || exit 2
-infer_threads=$(v 28 --cpu_threads) || exit 2
-infer_batch=$(v 29 --batch_size) || exit 2
-infer_precision=$(v 30 --precision) || exit 2
-infer_input=$(m 31 --input_file) || exit 2
-infer_benchmark=$(v 32 --enable_benchmark) || exit 2
+export_formats=$(v 24 --format) || exit 2
+inference=$(v 26 inference) || exit 2
+infer_use_gpu=$(v 27 --use_gpu) || exit 2
+infer_mkldnn=$(v 28 --enable_mkldnn) || exit 2
+infer_threads=$(v 29 --cpu_threads) || exit 2
+infer_batch=$(v 30 --batch_size) || exit 2
+infer_precision=$(v 31 --precision) || exit 2
+infer_input=$(m 32 --input_file) || exit 2
+infer_benchmark=$(v 33 --enable_benchmark) || exit 2
 [ "$trainer" == "norm_train" ] || { echo "test_tipc: error: $FILENAME line 15: trainer '$trainer' is not supported; use norm_train" >&2; exit 2; }
 
 LOG_PATH="./test_tipc/output/${model_name}"
@@ -70,36 +71,44 @@ echo "TIPC ${model_name} ${MODE}: logs in ${LOG_PATH}"
 run_step train "$python $norm_train $data_args --batch_size=${train_batch} --pretrained=${pretrained}"
 run_step eval "$python $eval_cmd --data_path=${data_path} --category=${category} --save_path=${save_path}"
 
-# ---- export
-run_step export "$python $norm_export --category=${category} --save_path=${save_path} --save_dir=${export_dir}"
-model_file="${export_dir}/model.json"
-[ -f "$model_file" ] || model_file="${export_dir}/model.pdmodel"
-
-# ---- inference
+# ---- export (each format) and inference (Paddle Inference for paddle, ONNX Runtime for onnx)
+IFS='|' read -r -a formats <<< "$export_formats"
 IFS='|' read -r -a gpus <<< "$infer_use_gpu"
 IFS='|' read -r -a threads <<< "$infer_threads"
 IFS='|' read -r -a batches <<< "$infer_batch"
 IFS='|' read -r -a mkldnns <<< "$infer_mkldnn"
-for use_gpu in "${gpus[@]}"; do
-    if [ "$use_gpu" == "True" ]; then
-        if ! gpu_available; then
-            echo "  (skipping --use_gpu=True: no GPU in this Paddle build or machine)"
-            continue
-        fi
-        thread_list=("1")
-        mkldnn_list=("False")
+for fmt in "${formats[@]}"; do
+    fmt_dir="${export_dir}/${fmt}"
+    run_step "export_${fmt}" "$python $norm_export --category=${category} --save_path=${save_path} --save_dir=${fmt_dir} --format=${fmt}"
+    if [ "$fmt" == "onnx" ]; then
+        model_args="--model_file=${fmt_dir}/model.onnx"
     else
-        thread_list=("${threads[@]}")
-        mkldnn_list=("${mkldnns[@]}")
+        model_file="${fmt_dir}/model.json"
+        [ -f "$model_file" ] || model_file="${fmt_dir}/model.pdmodel"
+        model_args="--model_file=${model_file} --params_file=${fmt_dir}/model.pdiparams"
     fi
-    for mk in "${mkldnn_list[@]}"; do
-    for t in "${thread_list[@]}"; do
-        for bs in "${batches[@]}"; do
-            tag="infer_gpu_${use_gpu}_mkldnn_${mk}_threads_${t}_bs_${bs}"
-            run_step "$tag" "$python $inference --use_gpu=${use_gpu} --enable_mkldnn=${mk} --cpu_threads=${t} --batch_size=${bs} --precision=${infer_precision} --model_file=${model_file} --params_file=${export_dir}/model.pdiparams --stats=${export_dir}/deploy.json --input_file=${infer_input} --save_path=${LOG_PATH}/${tag} --enable_benchmark=${infer_benchmark}"
-            grep -h "^benchmark:" "${LOG_PATH}/${tag}.log" | sed 's/^/    /'
+    for use_gpu in "${gpus[@]}"; do
+        if [ "$use_gpu" == "True" ]; then
+            if ! gpu_available; then
+                echo "  (skipping ${fmt} --use_gpu=True: no GPU in this Paddle build or machine)"
+                continue
+            fi
+            thread_list=("1")
+            mkldnn_list=("False")
+        else
+            thread_list=("${threads[@]}")
+            mkldnn_list=("${mkldnns[@]}")
+        fi
+        [ "$fmt" == "onnx" ] && mkldnn_list=("False")     # oneDNN is a Paddle Inference setting
+        for mk in "${mkldnn_list[@]}"; do
+        for t in "${thread_list[@]}"; do
+            for bs in "${batches[@]}"; do
+                tag="infer_${fmt}_gpu_${use_gpu}_mkldnn_${mk}_threads_${t}_bs_${bs}"
+                run_step "$tag" "$python $inference --use_gpu=${use_gpu} --enable_mkldnn=${mk} --cpu_threads=${t} --batch_size=${bs} --precision=${infer_precision} ${model_args} --stats=${fmt_dir}/deploy.json --input_file=${infer_input} --save_path=${LOG_PATH}/${tag} --enable_benchmark=${infer_benchmark}"
+                grep -h "^benchmark:" "${LOG_PATH}/${tag}.log" | sed 's/^/    /'
+            done
         done
-    done
+        done
     done
 done
 

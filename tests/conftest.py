@@ -11,9 +11,9 @@ sys.path.insert(0, ROOT)
 warnings.filterwarnings("ignore", message="No ccache found")
 
 
-def run_script(*args, timeout=300):
+def run_script(*args, timeout=300, env=None):
     """Run a project script as a user would; return CompletedProcess (text)."""
-    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    env = dict(os.environ, PYTHONWARNINGS="ignore", **(env or {}))
     return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=timeout, env=env)
 
