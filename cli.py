@@ -34,6 +34,11 @@ def add_model_args(parser, fitting):
         parser.add_argument("--crop_size", type=int, default=None,
                             help="classic geometry: centre crop side (default: --resize; PaDiM: "
                                  "256 / 224)")
+        parser.add_argument("--stats", type=str, default="auto",
+                            choices=["auto", "cpu", "device"],
+                            help="where the float64 sums and inverses are computed: auto (on "
+                                 "the GPU when Paddle runs there, else the CPU's BLAS / LAPACK "
+                                 "on every core), cpu, or device (Paddle ops)")
         parser.add_argument("--cell", type=str, default="auto",
                             help="side of the blocks of patch positions that share one Gaussian: "
                                  "auto (1, or the smallest that keeps the statistics under 4.5 GB "
@@ -83,6 +88,15 @@ def add_eval_args(parser):
                     "histograms with the threshold, worst false positives and negatives")
 
 
+def add_distributed_args(parser):
+    parser.add_argument("--shard", type=str, default="auto",
+                        choices=["auto", "images", "categories"],
+                        help="under paddle.distributed.launch: split each category's images "
+                             "over the ranks (images) or give each rank whole categories "
+                             "(categories); auto: categories when there are at least as many "
+                             "as ranks (measured faster: no rank waits while another finalises)")
+
+
 def add_calibration_args(parser):
     parser.add_argument("--calibration_dir", type=str, default=None,
                         help="labelled images that set the thresholds: DIR/good/, DIR/<defect>/, "
@@ -105,12 +119,17 @@ def check_common(args):
 
 
 def apply_threads(args):
-    """Use ``--cpu_threads`` (default: every CPU this process may use) for Paddle's CPU kernels
-    and the per-position statistics loops; return the number."""
+    """Use ``--cpu_threads`` (default: every CPU this process may use, shared among the ranks of
+    a distributed launch on this machine) for Paddle's CPU kernels and the per-position
+    statistics loops; return the number."""
     import paddle
 
     from models import linalg
-    linalg.set_threads(getattr(args, "cpu_threads", None))
+    from pipeline.distributed import local_size
+    threads = getattr(args, "cpu_threads", None)
+    if threads is None and local_size() > 1:          # ranks of a launch share the machine
+        threads = max(1, linalg.n_threads() // local_size())
+    linalg.set_threads(threads)
     paddle.base.core.set_num_threads(linalg.n_threads())
     return linalg.n_threads()
 

@@ -9,9 +9,10 @@ import sys
 from utils import (ArgumentParser, UserError, ensure_dir, model_path, run_cli,  # first: quiets Paddle
                    run_dir)
 import cli  # noqa: E402
-from datasets.mvtec import resolve_categories  # noqa: E402
+from datasets.mvtec import MVTecCategory, resolve_categories  # noqa: E402
 from pipeline.backbones import get_backbone  # noqa: E402
 from pipeline.calibration import calibrate, calibration_samples, parse_target  # noqa: E402
+from pipeline.distributed import Group  # noqa: E402
 from pipeline.evaluate import eval_options, evaluate_category  # noqa: E402
 from pipeline.fit import FitConfig, fit_category  # noqa: E402
 from pipeline.geometry import parse_cell, parse_input_size  # noqa: E402
@@ -29,6 +30,7 @@ def get_args(argv=None):
     cli.add_model_args(p, fitting=True)
     cli.add_run_args(p)
     cli.add_calibration_args(p)
+    cli.add_distributed_args(p)
     p.add_bool("--eval", False, "evaluate each category on its test set after fitting")
     cli.add_eval_args(p)
     return p.parse_args(argv)
@@ -43,21 +45,36 @@ def main(args):
         raise UserError(f"--eps {args.eps} must be positive")
     cfg = FitConfig(args.method, args.arch, args.k, args.seed, args.resize, args.crop_size,
                     args.batch_size, args.eps, args.holdout,
-                    parse_input_size(args.input_size), parse_cell(args.cell), args.engine)
+                    parse_input_size(args.input_size), parse_cell(args.cell), args.engine,
+                    args.stats)
     target = parse_target(args.threshold_target)
     categories = resolve_categories(args.data_path, args.category)
     calibration = {c: calibration_samples(args.calibration_dir, c, len(categories),
                                           args.data_path)
                    for c in categories} if args.calibration_dir else {}
     out_dir = ensure_dir(run_dir(args.save_path, args.method, args.arch, args.k))
+    group = Group()                    # the ranks of paddle.distributed.launch, or this process
+    group.check_same("list of training images or flags", {
+        "flags": {k: v for k, v in vars(args).items()               # paths may differ by node
+                  if k not in ("cpu_threads", "data_path", "save_path", "calibration_dir")},
+        "images": {c: [(os.path.basename(f), os.path.getsize(f))
+                       for f in MVTecCategory(args.data_path, c).train_files()]
+                   for c in categories}})
+    by_category = group.world > 1 and (args.shard == "categories" or (
+        args.shard == "auto" and len(categories) >= group.world))
+    mine = categories[group.rank::group.world] if by_category else categories
+    fit_group = Group(single=True) if by_category else group
     threads = cli.apply_threads(args)
     backbone = get_backbone(args.arch, args.pretrained, args.weights, args.seed)
     opts = eval_options(args, out_dir)
     results = RunResults(out_dir, args.report,
-                         cli.run_info(args, backbone.weights_source, args.engine))
+                         cli.run_info(args, backbone.weights_source, args.engine),
+                         summary=group.is_main and not by_category)
     cache = cli.graph_cache(out_dir)
-    for category in categories:
-        model = fit_category(args.data_path, category, cfg, backbone, cache)
+    for category in mine:
+        model = fit_category(args.data_path, category, cfg, backbone, cache, fit_group)
+        if model is None:              # another rank finalises this category
+            continue
         if category in calibration or args.eval:
             model.use_engine(args.engine, cache, threads)
         if category in calibration:
@@ -72,6 +89,12 @@ def main(args):
             row.update(result.row)
         results.add(row, result)
         del model
+    if by_category:                    # rank 0 writes the tables of every rank's categories
+        parts = group.gather((results.rows, results.results))
+        results.summary = group.is_main
+        results.merge(parts, categories)
+    if not group.is_main:
+        return results.rows
     print(f"backbone weights: {backbone.weights_source}")
     summary = results.finish()
     if summary:

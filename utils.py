@@ -17,6 +17,10 @@ import numpy as np
 # keep stderr for our own one-line messages. Scripts import this module before Paddle.
 warnings.filterwarnings("ignore", message="No ccache found")
 os.environ.setdefault("GLOG_minloglevel", "2")   # Paddle's C++ INFO/WARNING chatter
+# Full float32 on NVIDIA GPUs: no TF32 in cuBLAS / cuDNN (the Mahalanobis distance of a k=300
+# embedding and the backbone that feeds it lose 3 digits with TF32; CPU and GPU maps must agree).
+# Read by the CUDA libraries when they load, so before Paddle: set it to 1 to allow TF32.
+os.environ.setdefault("NVIDIA_TF32_OVERRIDE", "0")
 
 class UserError(Exception):
     """A problem with the user's input: reported as one line, exit status 2, no traceback."""

@@ -162,13 +162,25 @@ def load_test_item(sample, preprocess):
     return preprocess.image(rgb), preprocess.mask(mask), rgb.shape[:2], mask
 
 
-def prefetch_batches(items, load, batch_size, workers=2, lookahead=2):
-    """Yield lists of ``load(item)`` results, batch by batch, loaded by background threads.
+def decoding_threads():
+    """Threads that decode and resize images: half the CPUs this process may use, 2 to 16 (a
+    16-core GPU host decodes with 8, so that the GPU is not input-bound)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cpus = os.cpu_count() or 2
+    return min(16, max(2, cpus // 2))
+
+
+def prefetch_batches(items, load, batch_size, workers=None, lookahead=2):
+    """Yield lists of ``load(item)`` results, batch by batch, loaded by background threads
+    (``decoding_threads`` by default).
 
     PIL decoding and resizing release the GIL, so loading overlaps the backbone's forward pass.
     At most ``lookahead`` batches wait in memory.
     """
     from concurrent.futures import ThreadPoolExecutor
+    workers = workers or decoding_threads()
     chunks = [items[i:i + batch_size] for i in range(0, len(items), batch_size)]
     out = queue.Queue(maxsize=lookahead)
     stop = threading.Event()

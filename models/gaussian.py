@@ -96,6 +96,27 @@ class PatchGaussian:
         self._allocate(np.asarray(shift, dtype=np.float32))
         return self
 
+    def row_sums(self, y, shape=None):
+        """(float64 [C, k] sums of the rows of each cell in y [B, P, k], number of rows per
+        cell); zeros for y None (then ``shape`` = (C, k) is needed, or the members' count)."""
+        if y is None:
+            if shape is None:
+                raise ValueError("row_sums(None) needs the shape (C, k)")
+            return np.zeros(shape), 0
+        yc = self._by_cell(y)
+        return yc.sum(axis=1, dtype=np.float64), yc.shape[1]
+
+    def reduce_with(self, reduce):
+        """Replace the sums by ``reduce(array)`` of each (in place), e.g. their sum over the
+        processes of a data-parallel fit that share one shift (``set_shift``). Returns self."""
+        self._flush()
+        n = reduce(np.array([float(self.n_samples_seen_)]))
+        reduce(self._s1)
+        reduce(self._s2)
+        self.n_samples_seen_ = int(round(float(n[0])))
+        self.mean_ = self.precision_ = None
+        return self
+
     def _allocate(self, shift):
         n_cells, k = shift.shape
         self._shift = np.ascontiguousarray(shift, dtype=np.float32)

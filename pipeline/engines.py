@@ -42,6 +42,15 @@ def gpu_available():
     return paddle.device.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0
 
 
+def ort_gpu_available():
+    """ONNX Runtime has its CUDA provider (onnxruntime-gpu) and Paddle sees a GPU."""
+    try:
+        import onnxruntime
+    except ImportError:
+        return False
+    return "CUDAExecutionProvider" in onnxruntime.get_available_providers() and gpu_available()
+
+
 def require(engine, convert=True):
     """UserError naming the package to install if ``engine`` cannot run here."""
     if engine == "onnxruntime":
@@ -142,7 +151,7 @@ class OnnxRuntimeGraph:
             if "CUDAExecutionProvider" not in ort.get_available_providers():
                 raise UserError("--use_gpu=True but this ONNX Runtime has no CUDA provider: "
                                 "install onnxruntime-gpu or pass --use_gpu=False")
-            providers.insert(0, "CUDAExecutionProvider")
+            providers.insert(0, ("CUDAExecutionProvider", {"use_tf32": 0}))
         try:
             self.session = ort.InferenceSession(onnx_file, options, providers=providers)
         except Exception as exc:

@@ -8,7 +8,7 @@ statistics. No test image is ever looked at.
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import paddle
@@ -16,11 +16,13 @@ import paddle
 from datasets.mvtec import MVTecCategory, prefetch_batches
 from datasets.transforms import load_rgb
 from models import linalg
+from models.device_gaussian import DeviceGaussian
 from models.gaussian import PatchGaussian
 from models.orthoad import OrthoAD
 from models.projection import make_projection
 from utils import library_versions, progress
 
+from .distributed import Group
 from .geometry import batch_for, choose, choose_cell, stats_bytes
 from .graphs import embedder
 from .model import Model
@@ -45,6 +47,7 @@ class FitConfig:
     input_size: object = "auto"
     cell: object = "auto"
     engine: str = "auto"
+    stats: str = "auto"
 
 
 MAX_HOLDOUT = 32          # held-out embeddings stay in memory until they join the sums: keep
@@ -87,16 +90,20 @@ def embed_files(embed, files, preprocess, batch_size, desc):
         bar.close()
 
 
-def _score_holdout(detector, embed, gauss, files, preprocess, batch_size, category):
-    """Embed the held-out files, score them under the Gaussian of the images seen so far
-    (Cholesky solves, no precision matrices) and return (embeddings, image scores, smallest map
-    value, seconds of statistics work)."""
+def _embed_holdout(embed, files, preprocess, batch_size, category):
+    """Embeddings [J, h*w, k] of the held-out files (None without any), filled in place."""
     held, n_held = None, 0                        # filled in place: no list + concatenate copy
     for y in embed_files(embed, files, preprocess, batch_size, f"hold-out {category}"):
         if held is None:
             held = np.empty((len(files),) + tuple(y.shape[1:]), dtype=np.float32)
-        held[n_held:n_held + y.shape[0]] = y
+        held[n_held:n_held + y.shape[0]] = y.numpy() if isinstance(y, paddle.Tensor) else y
         n_held += y.shape[0]
+    return held
+
+
+def _score_holdout(detector, gauss, held, batch_size):
+    """Score held-out embeddings under the Gaussian of the images seen so far (Cholesky solves,
+    no precision matrices); return (image scores, smallest map value, seconds of statistics)."""
     t = time.perf_counter()
     dist = np.sqrt(np.maximum(gauss.squared_distances(held), 0.0)).astype(np.float32)
     stats_s = time.perf_counter() - t
@@ -106,19 +113,27 @@ def _score_holdout(detector, embed, gauss, files, preprocess, batch_size, catego
                   for i in range(0, len(dist), batch_size)]
     scores = np.concatenate([s.numpy() for _, s in scored])
     vmin = float(min(m.min().item() for m, _ in scored))
-    return held, scores, vmin, stats_s
+    return scores, vmin, stats_s
 
 
-def fit_category(data_path, category, cfg, backbone, cache_dir):
+def fit_category(data_path, category, cfg, backbone, cache_dir, group=None):
     """Fit one category; the embeddings come from ``cfg.engine`` (graphs cached in
     ``cache_dir``).
 
+    With a ``pipeline.distributed.Group`` of several ranks, each rank embeds its shard of the
+    fitted images, rank 0 also the held-out ones; the sums (one common shift) are added over the
+    ranks, and rank 0 alone scores the hold-out and finalises.
+
     Returns:
         ``pipeline.model.Model`` (not yet saved) whose meta records the configuration, the
-        weights, the threshold and how long the fit took.
+        weights, the threshold and how long the fit took; None on ranks other than 0.
     """
     start = time.perf_counter()
+    group = group or Group()
     files = MVTecCategory(data_path, category).train_files()
+    group.check_same("list of training images or fit flags",
+                     {"files": [(os.path.basename(f), os.path.getsize(f)) for f in files],
+                      "config": asdict(cfg)})
     preprocess, geometry = choose(files, cfg.input_size, cfg.resize, cfg.crop_size)
     w = make_projection(cfg.method, sum(backbone.channels), cfg.k, cfg.seed)
     grid_hw = (-(-preprocess.height // 4), -(-preprocess.width // 4))
@@ -132,15 +147,30 @@ def fit_category(data_path, category, cfg, backbone, cache_dir):
                 category, *detector.grid_hw,
                 "one Gaussian per position" if cell == 1 else f"{cell}x{cell} cells",
                 detector.n_cells, cfg.k, stats_bytes(detector.n_cells, cfg.k) / 1e9)
-    gauss = PatchGaussian(eps=cfg.eps, members=detector.members if cell > 1 else None)
+    on_device = cfg.stats == "device" or (cfg.stats == "auto" and
+                                          paddle.device.get_device().startswith("gpu"))
+    gaussian = DeviceGaussian if on_device else PatchGaussian
+    gauss = gaussian(eps=cfg.eps, members=detector.members if cell > 1 else None)
     embed, engine = embedder(cfg.engine, detector, cache_dir, linalg.n_threads())
-    for y in embed_files(embed, fit_files, preprocess, batch, f"fit {category}"):
+    shard = group.shard(fit_files, reserve=len(hold_files))
+    batches = embed_files(embed, shard, preprocess, batch, f"fit {category}")
+    first = next(batches, None)
+    group.common_shift(gauss, first, (detector.n_cells, cfg.k))
+    if first is not None:
+        gauss.partial_fit(first)
+    for y in batches:
         gauss.partial_fit(y)
+    held = _embed_holdout(embed, hold_files, preprocess, batch, category) \
+        if group.is_main else None
+    gauss.reduce_with(group.all_sum)                 # the sums of every rank (one rank: as is)
+    if not group.is_main:
+        logger.info("%s: rank %d embedded %d of the %d images", category, group.rank,
+                    len(shard), len(files))
+        return None
     finalize_s = 0.0
     threshold, display, scores = None, {"vmin": None, "vmax": None}, []
     if hold_files:
-        held, scores, vmin, finalize_s = _score_holdout(detector, embed, gauss, hold_files,
-                                                        preprocess, batch, category)
+        scores, vmin, finalize_s = _score_holdout(detector, gauss, held, batch)
         threshold = threshold_rule(scores)
         display = {"vmin": vmin, "vmax": vmin + 2.0 * (threshold - vmin)}
         gauss.partial_fit(held)
@@ -163,7 +193,8 @@ def fit_category(data_path, category, cfg, backbone, cache_dir):
                       "rule": THRESHOLD_RULE, "holdout_scores": [float(v) for v in scores],
                       "holdout_files": [os.path.basename(f) for f in hold_files]},
         "display": display, "versions": library_versions(), "linalg": linalg.describe(),
-        "cpu_threads": linalg.n_threads(), "engine": engine,
+        "cpu_threads": linalg.n_threads(), "engine": engine, "ranks": group.world,
+        "statistics": "device (Paddle, float64)" if on_device else "cpu (BLAS / LAPACK)",
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "fit_seconds": round(elapsed, 3),
         "finalize_seconds": round(finalize_s, 3),
     }

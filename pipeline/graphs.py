@@ -8,8 +8,8 @@ Two run-time graphs:
 
 Neither depends on a category: only on the backbone's weights, W (method, feature dim, k and
 seed), the input size and the cells. They are exported with ``paddle.jit.save`` (and converted by
-paddle2onnx for ONNX Runtime) into ``<cache>/<kind>-<key>/``, written to a temporary folder and
-renamed, and reused by later categories and runs with the same key.
+paddle2onnx for ONNX Runtime) into ``<cache>/<kind>-<key>-<format>/``, written to a temporary
+folder and renamed, and reused by later categories, runs and ranks with the same key.
 
 ``embedder`` and ``scorer`` return the callables the pipeline uses, on any engine; the dygraph
 engine runs the layer itself (the oracle, and the fallback when a graph cannot be built for
@@ -116,41 +116,46 @@ def to_onnx(graph, params, onnx_file):
     return onnx_file
 
 
-def build(kind, detector, cache_dir, onnx=False):
-    """The folder of the ``kind`` graph of ``detector`` (built if missing; atomic)."""
-    folder = os.path.join(ensure_dir(cache_dir), f"{kind}-{_key(kind, detector)}")
-    wanted = ["model.pdiparams"] + (["model.onnx"] if onnx else [])
-    if os.path.isdir(folder) and all(os.path.isfile(os.path.join(folder, f)) for f in wanted):
+def build(kind, detector, cache_dir, fmt="paddle"):
+    """The folder of the ``kind`` graph of ``detector`` in ``fmt`` (paddle: model.json +
+    model.pdiparams; onnx: model.onnx), built if missing.
+
+    A folder is complete once it exists (built in a temporary folder, then renamed) and never
+    changes: processes that build the same graph at once keep the first one renamed.
+    """
+    folder = os.path.join(ensure_dir(cache_dir), f"{kind}-{_key(kind, detector)}-{fmt}")
+    if os.path.isdir(folder):
         return folder
     tmp = tempfile.mkdtemp(prefix=f".{kind}.", dir=cache_dir)
     try:
-        if os.path.isdir(folder):                        # paddle files exist, ONNX wanted too
-            for f in os.listdir(folder):
-                shutil.copy2(os.path.join(folder, f), tmp)
-            graph = next(os.path.join(tmp, f) for f in os.listdir(tmp)
-                         if f in ("model.json", "model.pdmodel"))
-            params = os.path.join(tmp, "model.pdiparams")
+        layer, specs = graph_layer(kind, detector)
+        if fmt == "onnx":
+            work = os.path.join(tmp, "paddle")
+            os.makedirs(work)
+            to_onnx(*export_static(layer, specs, work), os.path.join(tmp, "model.onnx"))
+            shutil.rmtree(work)
         else:
-            layer, specs = graph_layer(kind, detector)
-            graph, params = export_static(layer, specs, tmp)
-        if onnx:
-            to_onnx(graph, params, os.path.join(tmp, "model.onnx"))
-        if os.path.isdir(folder):
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-        logger.info("built the %s graph in %s", kind, folder)
+            export_static(layer, specs, tmp)
+        try:
+            os.rename(tmp, folder)
+            logger.info("built the %s graph in %s", kind, folder)
+        except OSError:
+            if not os.path.isdir(folder):           # not a concurrent build of the same graph
+                raise
         return folder
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _compiled(kind, detector, engine, cache_dir, threads):
-    folder = build(kind, detector, cache_dir, onnx=engine == "onnxruntime")
+    folder = build(kind, detector, cache_dir, "onnx" if engine == "onnxruntime" else "paddle")
     if engine == "onnxruntime":
-        return engines.OnnxRuntimeGraph(os.path.join(folder, "model.onnx"), threads)
+        return engines.OnnxRuntimeGraph(os.path.join(folder, "model.onnx"), threads,
+                                        use_gpu=engines.ort_gpu_available())
     graph = next(os.path.join(folder, f) for f in os.listdir(folder)
                  if f in ("model.json", "model.pdmodel"))
-    return engines.PaddleInferenceGraph(graph, os.path.join(folder, "model.pdiparams"), threads)
+    return engines.PaddleInferenceGraph(graph, os.path.join(folder, "model.pdiparams"), threads,
+                                        use_gpu=engines.gpu_available())
 
 
 def _with_fallback(engine, requested, make_compiled, make_dygraph, what):
@@ -168,13 +173,14 @@ def _with_fallback(engine, requested, make_compiled, make_dygraph, what):
 
 
 def embedder(requested, detector, cache_dir, threads=None):
-    """(fn(x [B, 3, H, W] float32 ndarray) -> y [B, h*w, k] ndarray, engine used)."""
+    """(fn(x [B, 3, H, W] float32 ndarray) -> y [B, h*w, k], engine used); y is an ndarray,
+    or for dygraph a Tensor on the current device (the statistics can stay there)."""
     engine = engines.resolve(requested)
 
     def dygraph():
         def run(x):
             with paddle.no_grad():
-                return detector.embed(paddle.to_tensor(x)).numpy()
+                return detector.embed(paddle.to_tensor(x))
         return run
 
     def compiled():

@@ -72,9 +72,10 @@ class RunResults:
         info: facts about the run shown in the report (weights, method, ...).
     """
 
-    def __init__(self, out_dir, report=False, info=None):
+    def __init__(self, out_dir, report=False, info=None, summary=True):
         self.out_dir, self.report, self.info = out_dir, report, dict(info or {})
-        self.rows, self.results = [], []
+        self.summary = summary        # False: write the per-image CSVs only (another process
+        self.rows, self.results = [], []  # writes results.csv, per_type.csv and the report)
 
     def add(self, row, result=None):
         """A category's results.csv row (fit figures and, if evaluated, its metrics) and its
@@ -85,7 +86,24 @@ class RunResults:
         self.write_tables()
         return self
 
-    def write_tables(self):
+    def merge(self, parts, order):
+        """Take the rows and results of several processes (``[(rows, results), ...]``), in the
+        order of the category names ``order``, and write the tables."""
+        rank = {c: i for i, c in enumerate(order)}
+        self.rows = sorted((r for rows, _ in parts for r in rows),
+                           key=lambda r: rank[r["category"]])
+        self.results = sorted((r for _, results in parts for r in results),
+                              key=lambda r: rank[r.row["category"]])
+        if self.rows:
+            self.write_tables(images=False)
+        return self
+
+    def write_tables(self, images=True):
+        if self.results and images:
+            res = self.results[-1]
+            write_csv(self.image_csv(res.row["category"]), _blank(res.images), IMAGE_COLUMNS)
+        if not self.summary:
+            return
         cols = ["category"] + [c for c in COUNT_COLUMNS[:3] if any(c in r for r in self.rows)]
         cols += [c for c in METRIC_COLUMNS + VERDICT_COLUMNS
                  if any(c in r for r in self.rows) and c not in cols]
@@ -97,8 +115,6 @@ class RunResults:
         if self.results:
             types = [t for res in self.results for t in res.types]
             write_csv(os.path.join(self.out_dir, "per_type.csv"), _blank(types), TYPE_COLUMNS)
-            res = self.results[-1]
-            write_csv(self.image_csv(res.row["category"]), _blank(res.images), IMAGE_COLUMNS)
 
     def image_csv(self, category):
         return os.path.join(self.out_dir, f"per_image_{category}.csv")

@@ -37,6 +37,7 @@ def detector():
 
 
 def _rel(a, b):
+    a, b = (v.numpy() if hasattr(v, "numpy") else np.asarray(v) for v in (a, b))
     return float(np.abs(a - b).max() / np.abs(b).max())
 
 
@@ -76,6 +77,21 @@ def test_whole_fit_statistics_equal_dygraph(engine, demo_root, tmp_path):
     assert _rel(a["precision"], b["precision"]) < 1e-4
 
 
+def test_device_statistics_path_gives_the_cpu_model(demo_root, tmp_path):
+    """--stats device (Paddle float64 ops, the GPU path) on the CPU against the BLAS path."""
+    bb = get_backbone("resnet18", False, None, 0)
+    fits = {}
+    for stats in ("cpu", "device"):
+        cfg = FitConfig(k=8, resize=128, crop_size=128, engine="dygraph", stats=stats, cell=2)
+        model = fit_category(demo_root, "gravel", cfg, bb, str(tmp_path))
+        assert model.meta["statistics"].startswith(stats)
+        fits[stats] = model
+    a, b = fits["device"], fits["cpu"]
+    assert _rel(a.arrays["mean"], b.arrays["mean"]) < 1e-6
+    assert _rel(a.arrays["precision"], b.arrays["precision"]) < 1e-5
+    assert a.meta["threshold"]["image"] == pytest.approx(b.meta["threshold"]["image"], rel=1e-6)
+
+
 def test_graphs_are_built_once_per_run(demo_root, tmp_path, caplog):
     with caplog.at_level("INFO"):
         train.main(train.get_args(["--data_path", demo_root, "--category", "all", "--k", "8",
@@ -85,7 +101,8 @@ def test_graphs_are_built_once_per_run(demo_root, tmp_path, caplog):
     built = [r.message for r in caplog.records if r.message.startswith("built the")]
     assert len(built) == 2 and "embed" in built[0] and "score" in built[1]    # two categories
     cache = tmp_path / "ortho_resnet18_k8" / "graphs"
-    assert sorted(f.split("-")[0] for f in os.listdir(cache)) == ["embed", "score"]
+    assert sorted(f.split("-")[0] + "-" + f.split("-")[2] for f in os.listdir(cache)) == \
+        ["embed-onnx", "score-onnx"]
 
 
 def test_a_missing_engine_package_is_a_one_line_error(demo_root, tmp_path):

@@ -226,3 +226,36 @@ def test_merged_gaussians_equal_one_fit():
     np.testing.assert_allclose(a.mean_, whole.mean_, rtol=1e-7)
     c = PatchGaussian().merge(PatchGaussian().partial_fit(y)).finalize()   # into an empty one
     np.testing.assert_allclose(c.covariance(), whole.covariance(), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("cell", [1, 2])
+def test_device_gaussian_matches_the_float64_oracle_on_the_cpu(cell):
+    """The statistics path for GPUs (Paddle ops in float64, chunks of cells), run on the CPU."""
+    from models import device_gaussian
+    from models.device_gaussian import DeviceGaussian
+    from models.gaussian import cell_members
+    rng = np.random.default_rng(9)
+    members = cell_members((6, 8), cell)
+    y = (30 + rng.standard_normal((21, 48, 5)) * rng.uniform(0.5, 2, (1, 48, 5))).astype(np.float32)
+    old = device_gaussian.CHUNK_BYTES
+    device_gaussian.CHUNK_BYTES = 4096                        # several chunks of cells
+    try:
+        g = DeviceGaussian(members=members if cell > 1 else None)
+        for i in range(0, 21, 4):
+            g.partial_fit(paddle.to_tensor(y[i:i + 4]))
+        test = (30 + 2 * rng.standard_normal((3, 48, 5))).astype(np.float32)
+        q = g.squared_distances(test)
+        g.finalize()
+    finally:
+        device_gaussian.CHUNK_BYTES = old
+    mu, cov = _pooled_two_pass(y, members)
+    np.testing.assert_allclose(g.mean_, mu, atol=1e-5)
+    np.testing.assert_allclose(g.covariance(), cov, rtol=1e-9, atol=1e-12)
+    prec = np.linalg.inv(cov)
+    np.testing.assert_allclose(g.precision_, prec, rtol=1e-5, atol=1e-6)
+    cell_of = np.empty(48, int)
+    cell_of[members] = np.arange(len(members))[:, None]
+    d = test.astype(np.float64) - mu[cell_of]
+    np.testing.assert_allclose(q, np.einsum("bpk,pkl,bpl->bp", d, prec[cell_of], d), rtol=1e-9)
+    cpu = PatchGaussian(members=members if cell > 1 else None).load_state(g.state())
+    np.testing.assert_allclose(cpu.covariance(), cov, rtol=1e-9, atol=1e-12)
