@@ -39,6 +39,15 @@ def add_model_args(parser, fitting):
                             help="where the float64 sums and inverses are computed: auto (on "
                                  "the GPU when Paddle runs there, else the CPU's BLAS / LAPACK "
                                  "on every core), cpu, or device (Paddle ops)")
+        parser.add_argument("--ignore_mask", type=str, default=None,
+                            help="PNG of the pixels never to score (white = ignore: serial "
+                                 "numbers, fixtures, labels), at the images' or the input's "
+                                 "size; stored with the model")
+        parser.add_bool("--save_sums", False, "also store the float64 sums in the model file "
+                        "so that train.py --update can add images later (4096 * k(k+1)/2 * 8 "
+                        "bytes at 256 px: 41 MB at k=100, 1.48 GB at k=300)")
+        parser.add_bool("--update", False, "fold the images of --data_path/<category>/train/good "
+                        "into the existing model (fitted with --save_sums), exactly")
         parser.add_argument("--cell", type=str, default="auto",
                             help="side of the blocks of patch positions that share one Gaussian: "
                                  "auto (1, or the smallest that keeps the statistics under 4.5 GB "

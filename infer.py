@@ -18,10 +18,11 @@ import time
 
 import numpy as np
 
-from utils import (ArgumentParser, UserError, positive_int, run_cli, sha256_file,  # first
-                   write_csv)
+from utils import ArgumentParser, UserError, positive_int, run_cli, sha256_file  # first
 from datasets.transforms import Preprocess, list_inputs, load_rgb  # noqa: E402
 from modelfile import is_pickle  # noqa: E402
+from outputs import (PredictionWriter, apply_ignore, combine, decode_mask,  # noqa: E402
+                     load_ignore_mask)
 from pipeline.engines import (OnnxRuntimeGraph, PaddleInferenceGraph,  # noqa: E402
                               map_and_score)
 
@@ -54,7 +55,12 @@ def get_args(argv=None):
                         "TIPC's --precision flag)")
     p.add_argument("--threshold", type=float, default=None,
                    help="override deploy.json's image and pixel thresholds")
-    p.add_bool("--save_pic", True, "write a figure per image")
+    p.add_bool("--save_pic", True, "write a figure per image (image, heat map, predicted mask)")
+    p.add_bool("--save_outputs", True, "write the machine-readable outputs per image: the binary "
+               "mask at the original resolution (masks/<stem>.png) and the defect regions "
+               "(regions/<stem>.json: box, area, peak and mean score)")
+    p.add_argument("--ignore_mask", type=str, default=None,
+                   help="PNG of pixels never to score (white = ignore), added to deploy.json's")
     p.add_bool("--enable_benchmark", False,
                "print pre-process / inference / post-process times and peak RSS")
     return p.parse_args(argv)
@@ -122,7 +128,7 @@ def make_runner(args, deploy):
 
 
 def main(args):
-    """Infer every input image; return a list of dicts (path, score, verdict, map)."""
+    """Infer every input image; return a list of dicts (path, score, verdict, regions, map)."""
     import visualize
     deploy = read_deploy(args)
     files = list_inputs(args.input_file)
@@ -130,9 +136,12 @@ def main(args):
     threshold, pixel_threshold = visualize.thresholds(deploy)
     if args.threshold is not None:
         threshold = pixel_threshold = args.threshold
+    ignore = combine(decode_mask(deploy["ignore_mask"]) if deploy.get("ignore_mask") else None,
+                     load_ignore_mask(args.ignore_mask, pre) if args.ignore_mask else None)
     runner = make_runner(args, deploy)
+    writer = PredictionWriter(args.save_path, pre, (threshold, pixel_threshold), deploy, ignore,
+                              args.save_pic, args.save_outputs)
     t_pre = t_inf = t_post = 0.0
-    results = []
     for start in range(0, len(files), args.batch_size):
         batch = files[start:start + args.batch_size]
         t0 = time.perf_counter()
@@ -143,24 +152,15 @@ def main(args):
                 logger.warning("%s: %s", f, msg)
         x = np.stack([pre.image(rgb) for rgb in rgbs])
         t1 = time.perf_counter()
-        maps, scores = map_and_score(runner.run({"image": x}))
+        maps, _ = map_and_score(runner.run({"image": x}))
+        maps, scores = apply_ignore(maps, ignore)
         t2 = time.perf_counter()
-        for f, xi, amap, score in zip(batch, x, maps, scores):
-            row = {"path": f, "score": float(score), "verdict": visualize.verdict(score, threshold),
-                   "map": amap}
-            if args.save_pic:
-                vmin, vmax = visualize.display_range(deploy, amap)
-                row["picture"] = visualize.save_prediction(
-                    args.save_path, f, pre.unnormalise(xi), amap, float(score), threshold,
-                    vmin, vmax, pixel_threshold)
-            results.append(row)
-            print(f"{f}\tscore {row['score']:.4f}\t{row['verdict']}")
+        for f, rgb, xi, amap, score in zip(batch, rgbs, x, maps, scores):
+            writer.add(f, xi, rgb.shape[:2], amap, float(score))
         t_post += time.perf_counter() - t2
         t_pre += t1 - t0
         t_inf += t2 - t1
-    if len(files) > 1:
-        write_csv(os.path.join(args.save_path, "predictions.csv"), results,
-                  ["path", "score", "verdict"])
+    writer.finish(os.path.isdir(args.input_file))
     if args.enable_benchmark:
         n = len(files)
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -170,7 +170,7 @@ def main(args):
               f"preprocess {1000 * t_pre / n:.1f} ms/img, inference {1000 * t_inf / n:.1f} ms/img, "
               f"postprocess {1000 * t_post / n:.1f} ms/img, "
               f"{n / (t_pre + t_inf + t_post):.2f} img/s, peak RSS {rss:.0f} MiB")
-    return results
+    return writer.rows
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Anomaly map, mask, score and verdict for one image or a folder of images (dygraph).
+"""Anomaly map, mask, regions, score and verdict for one image or a folder of images.
 
     python predict.py demo_data/brick/test/scratch/000.png --category brick
 """
@@ -6,12 +6,13 @@ import logging
 import os
 import sys
 
-from utils import (ArgumentParser, UserError, model_path, run_cli, write_csv)  # first: quiets Paddle's import
+from utils import ArgumentParser, UserError, model_path, run_cli  # first: quiets Paddle's import
 import cli  # noqa: E402
 import visualize  # noqa: E402
 from datasets.transforms import list_inputs, load_rgb  # noqa: E402
 from pipeline import model as models_io  # noqa: E402
 from pipeline.evaluate import predict_batches  # noqa: E402
+from outputs import PredictionWriter, load_ignore_mask  # noqa: E402
 from pipeline.geometry import AspectWarnings, batch_for  # noqa: E402
 
 logger = logging.getLogger("predict")
@@ -31,7 +32,12 @@ def get_args(argv=None):
     p.add_argument("--threshold", type=float, default=None,
                    help="override the model's image and pixel thresholds (learned from held-out "
                         "normal images, or calibrated)")
-    p.add_bool("--save_pic", True, "write a figure per image")
+    p.add_bool("--save_pic", True, "write a figure per image (image, heat map, predicted mask)")
+    p.add_bool("--save_outputs", True, "write the machine-readable outputs per image: the binary "
+               "mask at the original resolution (masks/<stem>.png) and the defect regions "
+               "(regions/<stem>.json: box, area, peak and mean score)")
+    p.add_argument("--ignore_mask", type=str, default=None,
+                   help="PNG of pixels never to score (white = ignore), added to the model's own")
     p.add_argument("--output", type=str, default=None,
                    help="output folder (default: <model folder>/predict/<category>)")
     return p.parse_args(argv)
@@ -60,35 +66,29 @@ def main(args):
     out_dir = args.output or os.path.join(os.path.dirname(os.path.abspath(path)), "predict",
                                           model.meta["category"])
     pre = model.preprocess
+    if args.ignore_mask:
+        model.extra_ignore = load_ignore_mask(args.ignore_mask, pre)
+    writer = PredictionWriter(out_dir, pre, (threshold, pixel_threshold), model.meta,
+                              model.ignore, args.save_pic, args.save_outputs)
     aspect = AspectWarnings(pre, limit=10)
 
     def load(f):
         rgb = load_rgb(f)
         return pre.image(rgb), f, rgb.shape[:2]
-    results = []
     for batch, maps, scores in predict_batches(model, files, load,
                                                batch_for(args.batch_size, pre.input_hw),
                                                "predict"):
         for (x, f, hw), amap, score in zip(batch, maps, scores):
             aspect.check(f, hw)
-            row = {"path": f, "score": float(score),
-                   "verdict": visualize.verdict(float(score), threshold)}
-            if args.save_pic:
-                vmin, vmax = visualize.display_range(model.meta, amap)
-                row["picture"] = visualize.save_prediction(out_dir, f, pre.unnormalise(x), amap,
-                                                           float(score), threshold, vmin, vmax,
-                                                           pixel_threshold)
-            row["map"] = amap
-            results.append(row)
-            print(f"{f}\tscore {row['score']:.4f}\t{row['verdict']}")
+            writer.add(f, x, hw, amap, float(score))
     aspect.close(f"the {len(files)} images")
-    if len(files) > 1 or os.path.isdir(args.input):
-        csv_path = os.path.join(out_dir, "predictions.csv")
-        write_csv(csv_path, results, ["path", "score", "verdict"])
-        print(f"{len(results)} images; table in {csv_path}")
-    if args.save_pic:
-        print(f"figures in {out_dir} (threshold {threshold})")
-    return results
+    csv_path = writer.finish(os.path.isdir(args.input))
+    if csv_path:
+        print(f"{len(files)} images; table in {csv_path}")
+    if args.save_pic or args.save_outputs:
+        print(f"outputs in {out_dir} (image threshold {threshold}, pixel threshold "
+              f"{pixel_threshold})")
+    return writer.rows
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
-"""Fit OrthoAD / PaDiM statistics per category, optionally calibrate and evaluate.
+"""Fit OrthoAD / PaDiM statistics per category, optionally calibrate and evaluate; or fold new
+normal images into fitted models (--update).
 
     python train.py --data_path demo_data --category all --no-pretrained --eval --eval_PRO
+    python train.py --data_path new_images --category brick --update
 """
 import logging
 import os
@@ -16,7 +18,9 @@ from pipeline.distributed import Group  # noqa: E402
 from pipeline.evaluate import eval_options, evaluate_category  # noqa: E402
 from pipeline.fit import FitConfig, fit_category  # noqa: E402
 from pipeline.geometry import parse_cell, parse_input_size  # noqa: E402
+from pipeline import model as models_io  # noqa: E402
 from pipeline.results import RunResults  # noqa: E402
+from pipeline.update import update_category  # noqa: E402
 
 logger = logging.getLogger("train")
 
@@ -46,7 +50,7 @@ def main(args):
     cfg = FitConfig(args.method, args.arch, args.k, args.seed, args.resize, args.crop_size,
                     args.batch_size, args.eps, args.holdout,
                     parse_input_size(args.input_size), parse_cell(args.cell), args.engine,
-                    args.stats)
+                    args.stats, args.ignore_mask, args.save_sums)
     target = parse_target(args.threshold_target)
     categories = resolve_categories(args.data_path, args.category)
     calibration = {c: calibration_samples(args.calibration_dir, c, len(categories),
@@ -54,25 +58,38 @@ def main(args):
                    for c in categories} if args.calibration_dir else {}
     out_dir = ensure_dir(run_dir(args.save_path, args.method, args.arch, args.k))
     group = Group()                    # the ranks of paddle.distributed.launch, or this process
-    group.check_same("list of training images or flags", {
-        "flags": {k: v for k, v in vars(args).items()               # paths may differ by node
-                  if k not in ("cpu_threads", "data_path", "save_path", "calibration_dir")},
-        "images": {c: [(os.path.basename(f), os.path.getsize(f))
-                       for f in MVTecCategory(args.data_path, c).train_files()]
-                   for c in categories}})
+    if group.world > 1:
+        group.check_same("list of training images or flags", {
+            "flags": {k: v for k, v in vars(args).items()           # paths may differ by node
+                      if k not in ("cpu_threads", "data_path", "save_path", "calibration_dir")},
+            "images": {c: [(os.path.basename(f), os.path.getsize(f))
+                           for f in MVTecCategory(args.data_path, c).train_files()]
+                       for c in categories}})
     by_category = group.world > 1 and (args.shard == "categories" or (
         args.shard == "auto" and len(categories) >= group.world))
     mine = categories[group.rank::group.world] if by_category else categories
     fit_group = Group(single=True) if by_category else group
     threads = cli.apply_threads(args)
-    backbone = get_backbone(args.arch, args.pretrained, args.weights, args.seed)
+    backbone = None if args.update else \
+        get_backbone(args.arch, args.pretrained, args.weights, args.seed)
     opts = eval_options(args, out_dir)
     results = RunResults(out_dir, args.report,
-                         cli.run_info(args, backbone.weights_source, args.engine),
+                         cli.run_info(args, backbone and backbone.weights_source, args.engine),
                          summary=group.is_main and not by_category)
     cache = cli.graph_cache(out_dir)
+    if args.update and group.world > 1:
+        raise UserError("--update runs in one process: start it without "
+                        "paddle.distributed.launch")
     for category in mine:
-        model = fit_category(args.data_path, category, cfg, backbone, cache, fit_group)
+        if args.update:
+            path = model_path(args.save_path, args.method, args.arch, args.k, category)
+            model = update_category(
+                models_io.load(path, {"method": args.method, "arch": args.arch, "k": args.k},
+                               args.weights),
+                args.data_path, category, args.batch_size, args.holdout, args.seed,
+                args.engine, args.stats, cache)
+        else:
+            model = fit_category(args.data_path, category, cfg, backbone, cache, fit_group)
         if model is None:              # another rank finalises this category
             continue
         if category in calibration or args.eval:
@@ -82,7 +99,8 @@ def main(args):
                       args.calibration_dir)
         model.save(model_path(args.save_path, args.method, args.arch, args.k, category))
         row = {"category": category, "n_train": model.meta["n_train"],
-               "fit_seconds": model.meta["fit_seconds"]}
+               "fit_seconds": model.meta["updates"][-1]["seconds"] if args.update
+               else model.meta["fit_seconds"]}
         result = None
         if args.eval:                      # the model just fitted, from memory
             result = evaluate_category(model, args.data_path, category, opts)
@@ -95,7 +113,8 @@ def main(args):
         results.merge(parts, categories)
     if not group.is_main:
         return results.rows
-    print(f"backbone weights: {backbone.weights_source}")
+    if backbone is not None:
+        print(f"backbone weights: {backbone.weights_source}")
     summary = results.finish()
     if summary:
         print(summary)

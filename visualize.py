@@ -6,6 +6,7 @@ colours are comparable across images; they are never min-max normalised per imag
 import os
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -27,7 +28,7 @@ def display_range(meta, amap):
     disp = meta.get("display") or {}
     if disp.get("vmin") is not None:
         return disp["vmin"], disp["vmax"]
-    return float(amap.min()), float(amap.max())
+    return float(np.nanmin(amap)), float(np.nanmax(amap))
 
 
 def plot_result(path, image, amap, score, threshold=None, vmin=None, vmax=None, gt_mask=None,
@@ -58,8 +59,10 @@ def plot_result(path, image, amap, score, threshold=None, vmin=None, vmax=None, 
     axes[i].imshow(image)
     axes[i].imshow(amap, cmap="jet", alpha=0.45, vmin=vmin, vmax=vmax)
     pixel_threshold = threshold if pixel_threshold is None else pixel_threshold
-    if pixel_threshold is not None and (amap > pixel_threshold).any():
-        axes[i].contour(amap > pixel_threshold, levels=[0.5], colors="white", linewidths=1.2)
+    flagged = np.nan_to_num(amap, nan=-np.inf) > pixel_threshold \
+        if pixel_threshold is not None else None
+    if flagged is not None and flagged.any():
+        axes[i].contour(flagged, levels=[0.5], colors="white", linewidths=1.2)
     verdict = "" if threshold is None else (" ANOMALOUS" if score > threshold else " normal")
     thr = "" if threshold is None else f" / thr {threshold:.2f}"
     axes[i].set_title(f"score {score:.2f}{thr}{verdict}", fontsize=9)

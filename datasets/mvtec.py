@@ -92,11 +92,11 @@ class MVTecCategory:
             raise UserError(f"category folder '{self.root}' has no train/good folder: expected "
                             f"{self.root}/train/good/*.png")
 
-    def train_files(self):
+    def train_files(self, minimum=2):
         files = _images(os.path.join(self.root, "train", "good"))
-        if len(files) < 2:
-            raise UserError(f"'{self.root}/train/good' holds {len(files)} image(s): at least 2 "
-                            "normal training images are needed")
+        if len(files) < minimum:
+            raise UserError(f"'{self.root}/train/good' holds {len(files)} image(s): at least "
+                            f"{minimum} normal training image(s) are needed")
         return files
 
     def test_samples(self):

@@ -284,3 +284,24 @@ def mahalanobis(y, mean, precision, members=None, inverse=None):
     if inverse is not None:
         q = paddle.gather(q, inverse)                                         # position order
     return q.clip(min=0.0).sqrt().transpose([1, 0])
+
+
+def pack_state(state):
+    """A Gaussian's ``state()`` as arrays for a model file: the shift (float32), S1 and the
+    upper triangle of S2 row by row (float64, k(k+1)/2 values a cell: half of the full sums)."""
+    s2 = state["s2"]
+    rows, cols = np.triu_indices(s2.shape[1])
+    return {"sums_shift": np.asarray(state["shift"], dtype=np.float32),
+            "sums_s1": np.asarray(state["s1"], dtype=np.float64),
+            "sums_s2_upper": np.ascontiguousarray(s2[:, rows, cols], dtype=np.float64)}
+
+
+def unpack_state(arrays, n_images):
+    """``pack_state``'s arrays (and the image count) -> a state for ``load_state``."""
+    packed = arrays["sums_s2_upper"]
+    n_cells, k = arrays["sums_s1"].shape
+    rows, cols = np.triu_indices(k)
+    s2 = linalg.zeros((n_cells, k, k))
+    s2[:, rows, cols] = packed
+    return {"n_images": int(n_images), "shift": arrays["sums_shift"], "s1": arrays["sums_s1"],
+            "s2": s2}

@@ -110,10 +110,13 @@ class OrthoAD(nn.Layer):
 
 
 def shared_tensor(a):
-    """A float32 Tensor viewing ``a``'s memory when ``a`` is a writable C-contiguous float32
-    ndarray (DLPack), else a float32 copy."""
+    """A float32 Tensor on the current device: on the CPU, a view of ``a``'s memory when ``a``
+    is a writable C-contiguous float32 ndarray (DLPack); a float32 Tensor as it is; else a
+    copy."""
+    if isinstance(a, paddle.Tensor) and a.dtype == paddle.float32:
+        return a
     if isinstance(a, np.ndarray) and a.dtype == np.float32 and a.flags.c_contiguous and \
-            a.flags.writeable and a.size:
+            a.flags.writeable and a.size and paddle.device.get_device() == "cpu":
         return paddle.utils.dlpack.from_dlpack(a)
     return paddle.to_tensor(a, dtype="float32")
 

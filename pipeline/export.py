@@ -10,8 +10,9 @@ image score) with the Gaussian inside, plus deploy.json.
   beside it (ONNX external data). Outputs are named ``anomaly_map`` [B, 1, H, W] and
   ``image_score`` [B].
 
-deploy.json carries the pre-processing, thresholds, display range, metadata and the SHA-256 of
-every file of the graph, so infer.py refuses files that belong to another export.
+deploy.json carries the pre-processing, thresholds, display range, metadata, the model's ignore
+mask (a PNG in base64, applied after the graph exactly as predict.py applies it) and the SHA-256
+of every file of the graph, so infer.py refuses files that belong to another export.
 """
 import os
 import shutil
@@ -19,6 +20,7 @@ import tempfile
 
 import numpy as np
 
+from outputs import encode_mask
 from utils import ensure_dir, sha256_file, write_json
 
 from .graphs import export_static, graph_layer, to_onnx
@@ -36,6 +38,9 @@ def _deploy_record(model, fmt, files):
               "preprocess": model.preprocess.config(), "input_size": [height, width],
               "threshold": model.meta.get("threshold"), "display": model.meta.get("display"),
               "model": meta, "outputs": ["anomaly_map [B, 1, H, W]", "image_score [B]"]}
+    ignore = model.ignore
+    if ignore is not None:          # applied after the graph by infer.py (outputs.apply_ignore)
+        record["ignore_mask"] = encode_mask(ignore)
     record.update(files)
     return record
 

@@ -14,12 +14,13 @@ import numpy as np
 import paddle
 
 from datasets.mvtec import MVTecCategory, prefetch_batches
-from datasets.transforms import load_rgb
+from datasets.transforms import image_size, load_rgb
 from models import linalg
 from models.device_gaussian import DeviceGaussian
-from models.gaussian import PatchGaussian
+from models.gaussian import PatchGaussian, pack_state
 from models.orthoad import OrthoAD
 from models.projection import make_projection
+from outputs import apply_ignore, load_ignore_mask
 from utils import library_versions, progress
 
 from .distributed import Group
@@ -48,6 +49,8 @@ class FitConfig:
     cell: object = "auto"
     engine: str = "auto"
     stats: str = "auto"
+    ignore_mask: str = None
+    save_sums: bool = False
 
 
 MAX_HOLDOUT = 32          # held-out embeddings stay in memory until they join the sums: keep
@@ -90,7 +93,7 @@ def embed_files(embed, files, preprocess, batch_size, desc):
         bar.close()
 
 
-def _embed_holdout(embed, files, preprocess, batch_size, category):
+def embed_holdout(embed, files, preprocess, batch_size, category):
     """Embeddings [J, h*w, k] of the held-out files (None without any), filled in place."""
     held, n_held = None, 0                        # filled in place: no list + concatenate copy
     for y in embed_files(embed, files, preprocess, batch_size, f"hold-out {category}"):
@@ -101,19 +104,32 @@ def _embed_holdout(embed, files, preprocess, batch_size, category):
     return held
 
 
-def _score_holdout(detector, gauss, held, batch_size):
+def score_holdout(detector, gauss, held, batch_size, ignore=None):
     """Score held-out embeddings under the Gaussian of the images seen so far (Cholesky solves,
-    no precision matrices); return (image scores, smallest map value, seconds of statistics)."""
+    no precision matrices), ignored pixels left out; return (image scores, smallest map value,
+    seconds of statistics)."""
     t = time.perf_counter()
     dist = np.sqrt(np.maximum(gauss.squared_distances(held), 0.0)).astype(np.float32)
     stats_s = time.perf_counter() - t
+    scores, vmin = [], np.inf
     with paddle.no_grad():
-        scored = [detector.head_scores(paddle.to_tensor(dist[i:i + batch_size])
-                                       .reshape([-1, *detector.grid_hw]))
-                  for i in range(0, len(dist), batch_size)]
-    scores = np.concatenate([s.numpy() for _, s in scored])
-    vmin = float(min(m.min().item() for m, _ in scored))
-    return scores, vmin, stats_s
+        for i in range(0, len(dist), batch_size):
+            amap, _ = detector.head_scores(paddle.to_tensor(dist[i:i + batch_size])
+                                           .reshape([-1, *detector.grid_hw]))
+            maps, batch_scores = apply_ignore(amap.numpy()[:, 0], ignore)
+            scores.append(batch_scores)
+            vmin = min(vmin, float(np.nanmin(maps)))
+    return np.concatenate(scores), vmin, stats_s
+
+
+def holdout_record(scores, files, vmin, rule=THRESHOLD_RULE):
+    """(threshold record, display range) from held-out image scores."""
+    threshold = threshold_rule(scores) if len(scores) else None
+    display = {"vmin": vmin if len(scores) else None,
+               "vmax": vmin + 2.0 * (threshold - vmin) if len(scores) else None}
+    return {"image": threshold, "pixel": threshold, "n_holdout": len(files), "rule": rule,
+            "holdout_scores": [float(v) for v in scores],
+            "holdout_files": [os.path.basename(f) for f in files]}, display
 
 
 def fit_category(data_path, category, cfg, backbone, cache_dir, group=None):
@@ -135,6 +151,7 @@ def fit_category(data_path, category, cfg, backbone, cache_dir, group=None):
                      {"files": [(os.path.basename(f), os.path.getsize(f)) for f in files],
                       "config": asdict(cfg)})
     preprocess, geometry = choose(files, cfg.input_size, cfg.resize, cfg.crop_size)
+    ignore = load_ignore_mask(cfg.ignore_mask, preprocess) if cfg.ignore_mask else None
     w = make_projection(cfg.method, sum(backbone.channels), cfg.k, cfg.seed)
     grid_hw = (-(-preprocess.height // 4), -(-preprocess.width // 4))
     cell = choose_cell(grid_hw, cfg.k, cfg.cell)
@@ -160,21 +177,19 @@ def fit_category(data_path, category, cfg, backbone, cache_dir, group=None):
         gauss.partial_fit(first)
     for y in batches:
         gauss.partial_fit(y)
-    held = _embed_holdout(embed, hold_files, preprocess, batch, category) \
+    held = embed_holdout(embed, hold_files, preprocess, batch, category) \
         if group.is_main else None
     gauss.reduce_with(group.all_sum)                 # the sums of every rank (one rank: as is)
     if not group.is_main:
         logger.info("%s: rank %d embedded %d of the %d images", category, group.rank,
                     len(shard), len(files))
         return None
-    finalize_s = 0.0
-    threshold, display, scores = None, {"vmin": None, "vmax": None}, []
+    finalize_s, scores, vmin = 0.0, [], None
     if hold_files:
-        scores, vmin, finalize_s = _score_holdout(detector, gauss, held, batch)
-        threshold = threshold_rule(scores)
-        display = {"vmin": vmin, "vmax": vmin + 2.0 * (threshold - vmin)}
+        scores, vmin, finalize_s = score_holdout(detector, gauss, held, batch, ignore)
         gauss.partial_fit(held)
         del held
+    threshold_record, display = holdout_record(scores, hold_files, vmin)
     t = time.perf_counter()
     gauss.finalize()
     finalize_s += time.perf_counter() - t
@@ -189,9 +204,9 @@ def fit_category(data_path, category, cfg, backbone, cache_dir, group=None):
         "data_path": os.path.abspath(data_path),
         "n_train": len(files), "weights_source": backbone.weights_source,
         "weights_sha256": backbone.weights_sha256,
-        "threshold": {"image": threshold, "pixel": threshold, "n_holdout": len(hold_files),
-                      "rule": THRESHOLD_RULE, "holdout_scores": [float(v) for v in scores],
-                      "holdout_files": [os.path.basename(f) for f in hold_files]},
+        "threshold": threshold_record, "image_sizes": _image_sizes(files),
+        "ignore_mask": None if ignore is None else {
+            "source": os.path.abspath(cfg.ignore_mask), "ignored_fraction": float(ignore.mean())},
         "display": display, "versions": library_versions(), "linalg": linalg.describe(),
         "cpu_threads": linalg.n_threads(), "engine": engine, "ranks": group.world,
         "statistics": "device (Paddle, float64)" if on_device else "cpu (BLAS / LAPACK)",
@@ -202,11 +217,23 @@ def fit_category(data_path, category, cfg, backbone, cache_dir, group=None):
                 "(%.1f img/s; embeddings by %s); statistics loops: %s", category, len(files),
                 len(hold_files), elapsed, len(files) / elapsed, engine,
                 _describe_linalg(meta["linalg"]))
-    model = Model(meta, {"projection": w, "mean": gauss.mean_, "precision": gauss.precision_},
-                  backbone)
+    arrays = {"projection": w, "mean": gauss.mean_, "precision": gauss.precision_}
+    if ignore is not None:
+        arrays["ignore"] = ignore.astype(np.uint8)
+    if cfg.save_sums:
+        arrays.update(pack_state(gauss.state()))
+        meta["sums"] = {"n_images": gauss.n_samples_seen_, "packing": "upper triangle, by row"}
+    model = Model(meta, arrays, backbone)
     model._detector = detector
-    detector.set_gaussian(gauss.mean_, gauss.precision_)
+    on_gpu = getattr(gauss, "precision_tensor_", None)           # already on the device
+    detector.set_gaussian(gauss.mean_, gauss.precision_ if on_gpu is None else on_gpu)
     return model
+
+
+def _image_sizes(files, limit=64):
+    """The distinct (H, W) of the training images (None beyond ``limit`` of them)."""
+    sizes = sorted({image_size(f) for f in files})
+    return [list(hw) for hw in sizes] if len(sizes) <= limit else None
 
 
 def _describe_linalg(info):

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from datasets.transforms import Preprocess
 from modelfile import load_model, save_model
+from outputs import apply_ignore, combine
 from models.orthoad import OrthoAD
 
 from .backbones import backbone_for_meta
@@ -27,6 +28,7 @@ class Model:
     _detector: object = field(default=None, repr=False)
     _scorer: object = field(default=None, repr=False)
     engine: str = "dygraph"
+    extra_ignore: object = field(default=None, repr=False)
 
     @property
     def detector(self):
@@ -44,11 +46,20 @@ class Model:
                                            self.arrays["precision"], cache_dir, threads)
         return self
 
+    @property
+    def ignore(self):
+        """bool [H, W] of the pixels never scored (the model's ignore mask and any given at
+        prediction time), or None."""
+        stored = self.arrays.get("ignore")
+        return combine(None if stored is None else stored.astype(bool), self.extra_ignore)
+
     def score(self, x):
-        """x float32 [B, 3, H, W] ndarray -> (maps [B, H, W], scores [B]) ndarrays."""
+        """x float32 [B, 3, H, W] ndarray -> (maps [B, H, W] with NaN on ignored pixels,
+        scores [B] = max over the other pixels) ndarrays."""
         if self._scorer is None:
             self.use_engine("dygraph", None)
-        return self._scorer(x)
+        maps, _ = self._scorer(x)
+        return apply_ignore(maps, self.ignore)
 
     @property
     def preprocess(self):

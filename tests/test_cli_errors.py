@@ -176,6 +176,18 @@ def _case_cell_not_dividing(base, tmp):
     return _train(base["data"], tmp, "--cell", "3"), "--cell 3 does not divide"
 
 
+def _case_ignore_mask_everything(base, tmp):
+    Image.new("L", (64, 64), 255).save(tmp / "all.png")
+    return _train(base["data"], tmp, "--ignore_mask", str(tmp / "all.png")), \
+        "covers every pixel"
+
+
+def _case_predict_ignore_mask_everything(base, tmp):
+    Image.new("L", (30, 20), 255).save(tmp / "all.png")
+    return ("predict.py", str(base["data"] / "brick" / "test" / "good"), "--model_path",
+            str(base["model"]), "--ignore_mask", str(tmp / "all.png")), "covers every pixel"
+
+
 def _case_crop_larger_than_resize(base, tmp):
     return _train(base["data"], tmp, "--crop_size", "96"), "larger than --resize"
 
