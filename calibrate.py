@@ -9,12 +9,10 @@ against <data_path>/<category>/test, the data the model was fitted on unless --d
 given). The model file is replaced atomically; its threshold record names the rule.
 """
 import logging
-import os
 import sys
 
-from utils import ArgumentParser, UserError, model_path, run_cli  # first: quiets Paddle
+from utils import ArgumentParser, UserError, run_cli  # first: quiets Paddle
 import cli  # noqa: E402
-from pipeline import model as models_io  # noqa: E402
 from pipeline.calibration import calibrate, calibration_samples, parse_target  # noqa: E402
 
 logger = logging.getLogger("calibrate")
@@ -40,16 +38,8 @@ def main(args):
     cli.check_common(args)
     if not args.calibration_dir:
         raise UserError("say which images to calibrate on: --calibration_dir DIR")
-    if not args.model_path and not args.category:
-        raise UserError("say which model to calibrate: --model_path FILE or --category NAME")
     target = parse_target(args.threshold_target)
-    path = args.model_path or model_path(args.save_path, args.method, args.arch, args.k,
-                                         args.category)
-    expect = None if args.model_path else {"method": args.method, "arch": args.arch, "k": args.k}
-    threads = cli.apply_threads(args)
-    model = models_io.load(path, expect, args.weights)
-    model.use_engine(args.engine, cli.graph_cache(os.path.dirname(os.path.abspath(path))),
-                     threads)
+    model, path = cli.open_model(args, "calibrate")
     category = model.meta["category"]
     data_path = args.data_path or model.meta.get("data_path")
     if not data_path:

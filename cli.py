@@ -160,3 +160,26 @@ def run_info(args, weights_source, engine=None):
         info["metrics at"] = "the network input size" if args.eval_size == "input" else \
             "each image's original size"
     return info
+
+
+def open_model(args, verb):
+    """The model a script works on (``--model_path``, or ``--category`` under ``--save_path``
+    with ``--method``/``--arch``/``--k`` checked), on ``--engine`` if the script has one.
+
+    Returns:
+        (``pipeline.model.Model``, its path).
+    """
+    from pipeline import model as models_io
+    from utils import model_path
+    if not args.model_path and not args.category:
+        raise UserError(f"say which model to {verb}: --model_path FILE or --category NAME "
+                        "(with --save_path, --method, --arch, --k)")
+    path = args.model_path or model_path(args.save_path, args.method, args.arch, args.k,
+                                         args.category)
+    expect = None if args.model_path else {"method": args.method, "arch": args.arch, "k": args.k}
+    threads = apply_threads(args)
+    model = models_io.load(path, expect, args.weights)
+    if getattr(args, "engine", None):
+        model.use_engine(args.engine, graph_cache(os.path.dirname(os.path.abspath(path))),
+                         threads)
+    return model, path

@@ -11,9 +11,8 @@ reads.
 import logging
 import sys
 
-from utils import ArgumentParser, UserError, model_path, run_cli  # first: quiets Paddle
+from utils import ArgumentParser, run_cli  # first: quiets Paddle
 import cli  # noqa: E402
-from pipeline import model as models_io  # noqa: E402
 from pipeline.engines import require  # noqa: E402
 from pipeline.export import FORMATS, export  # noqa: E402
 
@@ -35,14 +34,9 @@ def get_args(argv=None):
 
 
 def main(args):
-    if not args.model_path and not args.category:
-        raise UserError("say which model to export: --model_path FILE or --category NAME")
-    path = args.model_path or model_path(args.save_path, args.method, args.arch, args.k,
-                                         args.category)
-    expect = None if args.model_path else {"method": args.method, "arch": args.arch, "k": args.k}
     if args.format == "onnx":
         require("onnxruntime")
-    model = models_io.load(path, expect, args.weights)
+    model, _ = cli.open_model(args, "export")
     written = export(model, args.save_dir, args.format)
     print("exported " + ", ".join(written))
     return written

@@ -6,11 +6,10 @@ import logging
 import os
 import sys
 
-from utils import ArgumentParser, UserError, model_path, run_cli  # first: quiets Paddle's import
+from utils import ArgumentParser, run_cli  # first: quiets Paddle's import
 import cli  # noqa: E402
 import visualize  # noqa: E402
 from datasets.transforms import list_inputs, load_rgb  # noqa: E402
-from pipeline import model as models_io  # noqa: E402
 from pipeline.evaluate import predict_batches  # noqa: E402
 from outputs import PredictionWriter, load_ignore_mask  # noqa: E402
 from pipeline.geometry import AspectWarnings, batch_for  # noqa: E402
@@ -46,17 +45,8 @@ def get_args(argv=None):
 def main(args):
     """Predict every input image; return a list of dicts (path, score, verdict, picture)."""
     cli.check_common(args)
-    if not args.model_path and not args.category:
-        raise UserError("say which model to use: --category NAME (with --save_path, --method, "
-                        "--arch, --k) or --model_path FILE")
     files = list_inputs(args.input)
-    path = args.model_path or model_path(args.save_path, args.method, args.arch, args.k,
-                                         args.category)
-    expect = None if args.model_path else {"method": args.method, "arch": args.arch, "k": args.k}
-    threads = cli.apply_threads(args)
-    model = models_io.load(path, expect, args.weights)
-    model.use_engine(args.engine, cli.graph_cache(os.path.dirname(os.path.abspath(path))),
-                     threads)
+    model, path = cli.open_model(args, "use")
     threshold, pixel_threshold = visualize.thresholds(model.meta)
     if args.threshold is not None:
         threshold = pixel_threshold = args.threshold

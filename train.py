@@ -11,7 +11,7 @@ import sys
 from utils import (ArgumentParser, UserError, ensure_dir, model_path, run_cli,  # first: quiets Paddle
                    run_dir)
 import cli  # noqa: E402
-from datasets.mvtec import MVTecCategory, resolve_categories  # noqa: E402
+from datasets.mvtec import resolve_categories  # noqa: E402
 from pipeline.backbones import get_backbone  # noqa: E402
 from pipeline.calibration import calibrate, calibration_samples, parse_target  # noqa: E402
 from pipeline.distributed import Group  # noqa: E402
@@ -58,13 +58,7 @@ def main(args):
                    for c in categories} if args.calibration_dir else {}
     out_dir = ensure_dir(run_dir(args.save_path, args.method, args.arch, args.k))
     group = Group()                    # the ranks of paddle.distributed.launch, or this process
-    if group.world > 1:
-        group.check_same("list of training images or flags", {
-            "flags": {k: v for k, v in vars(args).items()           # paths may differ by node
-                      if k not in ("cpu_threads", "data_path", "save_path", "calibration_dir")},
-            "images": {c: [(os.path.basename(f), os.path.getsize(f))
-                           for f in MVTecCategory(args.data_path, c).train_files()]
-                       for c in categories}})
+    group.check_launch(args, categories)
     by_category = group.world > 1 and (args.shard == "categories" or (
         args.shard == "auto" and len(categories) >= group.world))
     mine = categories[group.rank::group.world] if by_category else categories

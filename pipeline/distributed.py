@@ -114,6 +114,19 @@ class Group:
                             "must see the same data and flags (same --data_path contents, same "
                             "command line)")
 
+    def check_launch(self, args, categories):
+        """Every rank was started with the same flags (paths may differ between machines) and
+        sees the same training images (names and sizes) of ``categories``."""
+        if self.world == 1:
+            return
+        from datasets.mvtec import MVTecCategory
+        paths = ("cpu_threads", "data_path", "save_path", "calibration_dir")
+        self.check_same("list of training images or flags", {
+            "flags": {k: v for k, v in vars(args).items() if k not in paths},
+            "images": {c: [(os.path.basename(f), os.path.getsize(f))
+                           for f in MVTecCategory(args.data_path, c).train_files()]
+                       for c in categories}})
+
     def gather(self, obj):
         """Every rank's ``obj`` (picklable), in rank order, on every rank."""
         if self.world == 1:

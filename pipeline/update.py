@@ -15,7 +15,6 @@ import logging
 import os
 import time
 
-import numpy as np
 import paddle
 
 from datasets.mvtec import MVTecCategory

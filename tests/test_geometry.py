@@ -9,7 +9,7 @@ from PIL import Image
 import eval as eval_script
 import train
 from datasets.synthetic import generate
-from datasets.transforms import IMAGENET_MEAN, IMAGENET_STD, Preprocess
+from datasets.transforms import IMAGENET_MEAN, IMAGENET_STD
 from modelfile import load_model
 from pipeline.geometry import choose, choose_cell, parse_input_size
 from utils import UserError, model_path

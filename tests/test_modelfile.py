@@ -10,7 +10,7 @@ from safetensors.numpy import load_file, save_file
 
 import modelfile
 from conftest import run_script
-from modelfile import ModelFileError, convert_legacy, load_model, read_tensors, write_tensors
+from modelfile import ModelFileError, load_model, read_tensors, write_tensors
 from utils import UserError, model_path
 
 
