@@ -55,7 +55,7 @@ def get_args(argv=None):
     p.add_argument("--hires", type=str, default="",
                    help="comma-separated HxW high-resolution categories (e.g. 2048x2048)")
     p.add_argument("--hires_k", type=positive_int, default=100, help="k of the --hires fits")
-    p.add_argument("--hires_n", type=str, default="16,12",
+    p.add_argument("--hires_n", type=str, default="40,12",
                    help="training,test images of each --hires category")
     p.add_argument("--work_dir", type=str, default=None, help="scratch folder (default: temp)")
     p.add_argument("--out", type=str, default="output/benchmark.json", help="JSON result file")

@@ -45,7 +45,7 @@ def add_model_args(parser, fitting):
                                  "size; stored with the model")
         parser.add_bool("--save_sums", False, "also store the float64 sums in the model file "
                         "so that train.py --update can add images later (4096 * k(k+1)/2 * 8 "
-                        "bytes at 256 px: 41 MB at k=100, 1.48 GB at k=300)")
+                        "bytes at 256 px: 165 MB at k=100, 1.48 GB at k=300)")
         parser.add_bool("--update", False, "fold the images of --data_path/<category>/train/good "
                         "into the existing model (fitted with --save_sums), exactly")
         parser.add_argument("--cell", type=str, default="auto",

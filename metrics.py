@@ -113,7 +113,7 @@ class PixelSet:
         return (self.n - np.searchsorted(asc, values, side="left"),
                 self.n_defect - np.searchsorted(d_asc, values, side="left"))
 
-    def auroc(self, chunk=1 << 22):
+    def auroc(self, chunk=1 << 20):
         """Pixel ROC AUC; None without defect or normal pixels."""
         if not self.defined:
             return None
@@ -141,7 +141,7 @@ class PixelSet:
 
     # ----------------------------------------------------------------- PRO
 
-    def au_pro(self, limit=0.3, curve_points=0, chunk=1 << 22):
+    def au_pro(self, limit=0.3, curve_points=0, chunk=1 << 20):
         """Normalised area under the PRO curve up to FPR ``limit`` (official definition).
 
         The curve has a point at the end of every run of equal scores (descending), FPR in

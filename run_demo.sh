@@ -10,4 +10,4 @@ PY=${PYTHON:-python3}
 .venv/bin/python -m datasets.synthetic --out demo_data
 echo "NOTE: the demo uses random backbone weights (--no-pretrained): no download needed."
 .venv/bin/python train.py --data_path demo_data --category all --method ortho --arch resnet18 \
-  --k 100 --no-pretrained --eval --eval_PRO --save_pic=True "$@"
+  --k 100 --no-pretrained --eval --eval_PRO --save_pic=True --report "$@"

@@ -6,8 +6,9 @@ image score) with the Gaussian inside, plus deploy.json.
 * ``onnx``: ``model.onnx`` (opset 17, dynamic batch), converted by paddle2onnx, for ONNX Runtime
   or any ONNX consumer. The graph is converted with the Gaussian as inputs, which are then made
   initializers with the ``onnx`` library; above protobuf's 2 GB limit (wide_resnet50_2 at k = 300
-  is 1.47 GB of precision at 256 px already) every initializer goes to ``model.onnx.data``
-  beside it (ONNX external data). Outputs are named ``anomaly_map`` [B, 1, H, W] and
+  is 1.47 GB of precision at 256 px already, 2.3 GB at 320 px) the Gaussian's bytes go to
+  ``model.onnx.data`` beside it (ONNX external data), written straight from the arrays: no
+  protobuf message holds them, whatever their size. Outputs are named ``anomaly_map`` [B, 1, H, W] and
   ``image_score`` [B].
 
 deploy.json carries the pre-processing, thresholds, display range, metadata, the model's ignore
@@ -21,7 +22,7 @@ import tempfile
 import numpy as np
 
 from outputs import encode_mask
-from utils import ensure_dir, sha256_file, write_json
+from utils import atomic_path, ensure_dir, sha256_file, write_json
 
 from .graphs import export_static, graph_layer, to_onnx
 
@@ -45,20 +46,46 @@ def _deploy_record(model, fmt, files):
     return record
 
 
+def _external_tensor(name, array, location, offset):
+    """An ONNX initializer whose bytes live in ``location`` at ``offset`` (ONNX external data):
+    no protobuf message ever holds them, so any size works."""
+    from onnx import TensorProto
+    tensor = TensorProto(name=name, data_type=TensorProto.FLOAT, dims=list(array.shape),
+                         data_location=TensorProto.EXTERNAL)
+    for key, value in (("location", location), ("offset", str(offset)),
+                       ("length", str(array.nbytes))):
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, value
+    return tensor
+
+
 def _bake_gaussian(src, dst, mean, precision):
     """Turn the ``mean`` / ``precision`` inputs of the ONNX graph ``src`` into initializers,
-    name the outputs, and save to ``dst`` (external data above the protobuf limit).
+    name the outputs, and save to ``dst``; above the protobuf limit the Gaussian's bytes go to
+    ``model.onnx.data`` beside it (page-aligned), written straight from the arrays.
 
     Returns:
-        True if the initializers went to external data.
+        True if the Gaussian went to external data.
     """
     import onnx
     from onnx import numpy_helper
     model = onnx.load(src)
     graph = model.graph
-    for name, array in (("mean", mean), ("precision", precision)):
-        graph.initializer.append(numpy_helper.from_array(
-            np.ascontiguousarray(array, dtype=np.float32), name))
+    gaussian = [("mean", np.ascontiguousarray(mean, dtype=np.float32)),
+                ("precision", np.ascontiguousarray(precision, dtype=np.float32))]
+    external = model.ByteSize() + sum(a.nbytes for _, a in gaussian) > EXTERNAL_ABOVE
+    if external:
+        offset = 0
+        with atomic_path(os.path.join(os.path.dirname(dst), ONNX_DATA)) as tmp, \
+                open(tmp, "wb") as fh:
+            for name, array in gaussian:
+                fh.write(b"\0" * (-offset % 4096))
+                offset += -offset % 4096
+                graph.initializer.append(_external_tensor(name, array, ONNX_DATA, offset))
+                fh.write(memoryview(array.reshape(-1)).cast("B"))
+                offset += array.nbytes
+    else:
+        graph.initializer.extend(numpy_helper.from_array(a, name) for name, a in gaussian)
     inputs = [i for i in graph.input if i.name not in ("mean", "precision")]
     del graph.input[:]
     graph.input.extend(inputs)
@@ -69,12 +96,7 @@ def _bake_gaussian(src, dst, mean, precision):
             node.output[:] = [new if o == old else o for o in node.output]
             node.input[:] = [new if i == old else i for i in node.input]
         out.name = new
-    external = model.ByteSize() > EXTERNAL_ABOVE
-    if external:
-        onnx.save_model(model, dst, save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=ONNX_DATA, size_threshold=1024)
-    else:
-        onnx.save_model(model, dst)
+    onnx.save_model(model, dst)
     return external
 
 
