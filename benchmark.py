@@ -55,6 +55,9 @@ def get_args(argv=None):
     p.add_argument("--hires", type=str, default="",
                    help="comma-separated HxW high-resolution categories (e.g. 2048x2048)")
     p.add_argument("--hires_k", type=positive_int, default=100, help="k of the --hires fits")
+    p.add_argument("--hires_cells", type=str, default="auto",
+                   help="comma-separated --cell values of the full-resolution --hires fits (the "
+                        "memory / quality trade-off), e.g. 1,2,4")
     p.add_argument("--hires_n", type=str, default="40,12",
                    help="training,test images of each --hires category")
     p.add_argument("--work_dir", type=str, default=None, help="scratch folder (default: temp)")
@@ -120,7 +123,8 @@ def _worker(task_json):
             out["backbone_before_s"] = _backbone_pass(files, size, batch)
         geometry = {"resize": size, "crop_size": size} if kind == "fit" else \
             {"input_size": parse_input_size(task["input_size"])}
-        cfg = FitConfig(arch=arch, k=k, batch_size=batch, engine=task["engine"], **geometry)
+        cfg = FitConfig(arch=arch, k=k, batch_size=batch, engine=task["engine"],
+                        cell=task.get("cell", "auto"), **geometry)
         if kind == "fit":        # the run's one-off graph build, timed apart from the fit
             from models.orthoad import OrthoAD
             from models.projection import make_projection
@@ -272,11 +276,13 @@ def bench_hires(size_text, work, args):
     scale = (256 * 256 / (h * w)) ** 0.5
     small = f"{max(32, round(h * scale / 16) * 16)} {max(32, round(w * scale / 16) * 16)}"
     rows = []
-    for label, input_size in (("full", f"{h} {w}"), ("downscaled", small)):
-        task = {"data": data, "save": os.path.join(data, f"models_{label}"),
+    runs = [("full", f"{h} {w}", c if c == "auto" else int(c))
+            for c in args.hires_cells.split(",")] + [("downscaled", small, "auto")]
+    for label, input_size, cell in runs:
+        task = {"data": data, "save": os.path.join(data, f"models_{label}_{cell}"),
                 "arch": "resnet18", "k": args.hires_k, "size": 0, "batch": args.batch_size,
                 "engine": "auto", "kind": "hires", "category": "hires",
-                "input_size": input_size.split()}
+                "input_size": input_size.split(), "cell": cell}
         out, rss = _run(task)
         rows.append(dict(out, label=label, image=f"{h}x{w}", peak_rss_mib=rss))
     return rows

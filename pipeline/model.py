@@ -19,8 +19,9 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class Model:
-    """meta: JSON-able dict; arrays: {name: ndarray} (projection [F, k], mean [P, k],
-    precision [P, k, k]); backbone: ``models.backbone.Backbone``."""
+    """meta: JSON-able dict; arrays: {name: ndarray}: projection [F, k], mean [C, k], precision
+    [C, k, k], optionally ignore [H, W] (uint8) and the packed sums (``--save_sums``); backbone:
+    ``models.backbone.Backbone``; extra_ignore: an ignore mask given at prediction time."""
     meta: dict
     arrays: dict
     backbone: object
