@@ -107,10 +107,15 @@ class PaddleInferenceGraph:
         self.input_names = self.predictor.get_input_names()
         self.output_names = self.predictor.get_output_names()
         self.mkldnn = bool(mkldnn and not use_gpu)
-        self._shared = {}
+        self.use_gpu = use_gpu
+        self._shared, self._fixed = {}, {}
 
     def share(self, name, array):
-        """Feed ``array`` to input ``name`` at every run without copying it (kept alive here)."""
+        """Feed ``array`` to input ``name`` at every run: on the CPU without copying it (kept
+        alive here); on a GPU copied to the device at each run."""
+        if self.use_gpu:
+            self._fixed[name] = np.ascontiguousarray(array)
+            return
         import paddle
         tensor = paddle.utils.dlpack.from_dlpack(np.ascontiguousarray(array))
         self._shared[name] = (array, tensor)
@@ -121,7 +126,7 @@ class PaddleInferenceGraph:
             if name in self._shared:
                 handle.share_external_data(self._shared[name][1])
                 continue
-            x = np.ascontiguousarray(feeds[name])
+            x = np.ascontiguousarray(self._fixed[name] if name in self._fixed else feeds[name])
             handle.reshape(list(x.shape))
             handle.copy_from_cpu(x)
         try:

@@ -24,7 +24,7 @@ table { border-collapse: collapse; margin: .6em 0 1.2em; font-size: .9em; }
 th, td { border: 1px solid #ccc; padding: .25em .6em; text-align: right; }
 th:first-child, td:first-child { text-align: left; } th { background: #f3f3f3; }
 tr.mean td { font-weight: bold; } .note { color: #555; font-size: .9em; }
-img { max-width: 100%; } nav a { margin-right: 1em; }
+img { max-width: 100%; display: block; margin: .4em 0; } nav a { margin-right: 1em; }
 """
 
 
