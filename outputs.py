@@ -13,7 +13,6 @@ No model code here (infer.py uses it on exports).
 """
 import base64
 import io
-import json
 import logging
 import os
 
@@ -144,11 +143,6 @@ def write_outputs(out_dir, record, mask):
     json_path = os.path.join(ensure_dir(os.path.join(out_dir, "regions")), f"{stem}.json")
     write_json(json_path, dict(record, mask=os.path.abspath(mask_path)))
     return mask_path, json_path
-
-
-def read_record(path):
-    with open(path, encoding="utf-8") as fh:
-        return json.load(fh)
 
 
 class PredictionWriter:

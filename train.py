@@ -5,7 +5,6 @@ normal images into fitted models (--update).
     python train.py --data_path new_images --category brick --update
 """
 import logging
-import os
 import sys
 
 from utils import (ArgumentParser, UserError, ensure_dir, model_path, run_cli,  # first: quiets Paddle
