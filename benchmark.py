@@ -40,7 +40,7 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 def get_args(argv=None):
     p = ArgumentParser(description="Benchmark OrthoAD-Paddle against the backbone's forward pass.")
     p.add_argument("--configs", type=str, default="resnet18:100",
-                   help="comma-separated arch:k pairs")
+                   help="comma-separated arch:k pairs ('' for none, e.g. with --readers only)")
     p.add_argument("--engines", type=str, default="dygraph,auto",
                    help="comma-separated engines to fit and evaluate with (auto, dygraph, "
                         "inference, onnxruntime)")
@@ -60,6 +60,12 @@ def get_args(argv=None):
                         "memory / quality trade-off), e.g. 1,2,4")
     p.add_argument("--hires_n", type=str, default="40,12",
                    help="training,test images of each --hires category")
+    p.add_argument("--readers", type=int, default=0,
+                   help="also time each data layout's reader on a generated tree of about this "
+                        "many files (e.g. 10000)")
+    p.add_argument("--data_format", type=str, default="auto",
+                   choices=["auto", "mvtec", "visa", "mvtec_ad2", "mvtec_loco", "btad", "folder"],
+                   help="the layout --readers times (auto: every layout)")
     p.add_argument("--work_dir", type=str, default=None, help="scratch folder (default: temp)")
     p.add_argument("--out", type=str, default="output/benchmark.json", help="JSON result file")
     return p.parse_args(argv)
@@ -79,7 +85,7 @@ def _backbone_pass(files, size, batch):
     """Seconds of a dygraph backbone-only pass over ``files`` with the pipeline's loader."""
     import paddle
 
-    from datasets.mvtec import prefetch_batches
+    from datasets.loading import prefetch_batches
     from datasets.transforms import Preprocess, load_rgb
     from pipeline.backbones import get_backbone
     bb = get_backbone(_TASK["arch"], False, None, 0)
@@ -99,7 +105,7 @@ def _worker(task_json):
     task = json.loads(task_json)
     _TASK.update(task)
     import cli
-    from datasets.mvtec import MVTecCategory
+    from datasets import mvtec
     from modelfile import load_model
     from pipeline import model as models_io
     from pipeline.backbones import get_backbone
@@ -118,7 +124,8 @@ def _worker(task_json):
     path = model_path(save, "ortho", arch, k, cat)
     out = {}
     if kind in ("fit", "hires"):
-        files = MVTecCategory(data, cat).train_files()
+        category = mvtec.read(data, cat)
+        files = category.require_train()
         if kind == "fit":
             out["backbone_before_s"] = _backbone_pass(files, size, batch)
         geometry = {"resize": size, "crop_size": size} if kind == "fit" else \
@@ -133,7 +140,7 @@ def _worker(task_json):
             det = OrthoAD(bb, make_projection("ortho", sum(bb.channels), k, 0), size)
             out["graph_build_s"] = _timed(lambda: embedder(task["engine"], det, cache))
         t = time.perf_counter()
-        model = fit_category(data, cat, cfg, get_backbone(arch, False, None, 0), cache)
+        model = fit_category(category, cfg, get_backbone(arch, False, None, 0), cache)
         out.update({"fit_s": time.perf_counter() - t, "engine": model.meta["engine"],
                     "finalize_s": model.meta["finalize_seconds"], "cell": model.meta["cell"],
                     "input_size": model.meta["input_size"]})
@@ -144,7 +151,8 @@ def _worker(task_json):
             out["backbone_after_s"] = _backbone_pass(files, size, batch)
         out["fit_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if kind in ("eval", "hires"):
-        samples = MVTecCategory(data, cat).test_samples()
+        category = mvtec.read(data, cat)
+        samples = category.require_test()
         if kind == "eval":
             out["backbone_before_s"] = _backbone_pass([s.path for s in samples], size, batch)
         model = models_io.load(path)
@@ -157,8 +165,8 @@ def _worker(task_json):
         base_rss = _rss_now_mib()
         peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         t = time.perf_counter()
-        row = evaluate_category(model, data, cat, EvalOptions(batch_size=batch,
-                                                                eval_pro=True)).row
+        row = evaluate_category(model, category, EvalOptions(batch_size=batch,
+                                                             eval_pro=True)).row
         out.update({"eval_s": time.perf_counter() - t, "engine": model.engine,
                     "scoring_s": row["eval_seconds"], "pro_s": row["pro_seconds"],
                     "pixel_auroc": row["pixel_auroc"], "au_pro": row["au_pro"],
@@ -288,6 +296,47 @@ def bench_hires(size_text, work, args):
     return rows
 
 
+def bench_readers(n_files, layouts, work, runs=3):
+    """Seconds to detect the layout and read every category of a generated tree of about
+    ``n_files`` files (one category: 60 % training images, 10 % normal and 15 % defective test
+    images with their masks, 48 px), per layout: the median of ``runs`` reads (page cache
+    warm), and per file."""
+    from datasets.layout_writers import folder_flags
+    from datasets.layouts import Dataset, DataOptions, FORMATS
+    from datasets.visa import _ROWS
+    rows = []
+    for layout in layouts:
+        root = os.path.join(work, f"readers_{layout}")
+        if not os.path.isdir(root):
+            generate(root, ("gravel",), n_train=int(0.6 * n_files), n_good=int(0.1 * n_files),
+                     n_defect=int(0.15 * n_files), size=48, seed=0, layout=layout)
+        if layout == "folder":
+            f = folder_flags(root, "gravel")
+            opts = DataOptions(data_format="folder", normal_dir=f[f.index("--normal_dir") + 1],
+                               normal_test_dir=f[f.index("--normal_test_dir") + 1],
+                               abnormal_dir=f[f.index("--abnormal_dir") + 1:
+                                              f.index("--mask_dir")],
+                               mask_dir=f[f.index("--mask_dir") + 1])
+        else:
+            opts = DataOptions(data_path=root)
+        n = sum(len(files) for _, _, files in os.walk(root)) - 1      # not manifest.json
+
+        def read():
+            _ROWS.clear()                                   # VisA's CSV is parsed every time
+            ds = Dataset(opts)
+            names = ds.select("gravel" if layout == "folder" else "all")
+            return [ds.read(c) for c in names]
+        times = []
+        for _ in range(runs):
+            times.append(_timed(read))
+        data = read()[0]
+        rows.append({"layout": layout, "files": n, "train": len(data.train),
+                     "test": len(data.test), "seconds": float(np.median(times)),
+                     "us_per_file": 1e6 * float(np.median(times)) / n})
+    assert set(layouts) <= set(FORMATS)
+    return rows
+
+
 def _prepare_data(root, n, m, size):
     generate(root, ("brick",), n_train=4 * n, n_good=max(1, m // 3), n_defect=max(1, m - m // 3),
              size=min(size, 512), seed=0)
@@ -305,11 +354,12 @@ def _prepare_data(root, n, m, size):
 
 # --------------------------------------------------------------------------- tables
 
-def markdown(results, hires):
-    lines = ["| arch | k | engine | backbone img/s (dygraph) | fit img/s | fit / backbone | "
-             "finalize s | save / load s | fit RSS MiB | eval img/s | eval / backbone | "
-             "eval bytes / test px | eval RSS MiB | graph build s (fit / eval) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+def markdown(results, hires, readers=()):
+    lines = [] if not results else [
+        "| arch | k | engine | backbone img/s (dygraph) | fit img/s | fit / backbone | "
+        "finalize s | save / load s | fit RSS MiB | eval img/s | eval / backbone | "
+        "eval bytes / test px | eval RSS MiB | graph build s (fit / eval) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         for e in r["engines"].values():
             f4 = f" ({e['fit_over_backbone_4N']:.2f} at 4N)" if "fit_over_backbone_4N" in e \
@@ -333,6 +383,12 @@ def markdown(results, hires):
                              f"{v['dygraph_ms']:.1f} | {v['inference_ms']:.1f} | "
                              f"{v['inference_native_ms']:.1f} | {v['onnxruntime_ms']:.1f} |")
         lines.append("(ms per image)")
+    if readers:
+        lines += ["", "| layout | files | training images | test images | read s (median of 3) "
+                  "| us per file |", "|---|---|---|---|---|---|"]
+        for r in readers:
+            lines.append(f"| {r['layout']} | {r['files']} | {r['train']} | {r['test']} | "
+                         f"{r['seconds']:.3f} | {r['us_per_file']:.1f} |")
     if hires:
         lines += ["", "| image | input | cell | fit s | eval s | peak RSS MiB | pixel AUROC | "
                   "AU-PRO | image AUROC |", "|---|---|---|---|---|---|---|---|---|"]
@@ -350,7 +406,7 @@ def _f(v):
 
 def main(args):
     configs = []
-    for item in args.configs.split(","):
+    for item in [c for c in args.configs.split(",") if c]:         # --configs "": none
         arch, _, k = item.partition(":")
         if not k.isdigit() or arch not in ARCHS:
             raise UserError(f"--configs entry '{item}' is not arch:k with arch in "
@@ -364,8 +420,13 @@ def main(args):
     if args.latency and "dygraph" not in engines:
         raise UserError("--latency needs the dygraph fit: add dygraph to --engines")
     work = args.work_dir or tempfile.mkdtemp(prefix="orthoad_bench_")
+    readers = []
+    if args.readers:
+        layouts = ["mvtec", "visa", "mvtec_ad2", "mvtec_loco", "btad", "folder"] \
+            if args.data_format == "auto" else [args.data_format]
+        readers = bench_readers(args.readers, layouts, work)
     data = os.path.join(work, "data")
-    if not os.path.isdir(os.path.join(data, "bench_n")):
+    if configs and not os.path.isdir(os.path.join(data, "bench_n")):
         _prepare_data(data, args.n_train, args.n_test, args.size)
     results = []
     for arch, k in configs:
@@ -374,11 +435,11 @@ def main(args):
             res["latency"] = bench_latency(arch, k, work, args)
         results.append(res)
     hires = [row for s in args.hires.split(",") if s for row in bench_hires(s, work, args)]
-    out = {"results": results, "hires": hires,
+    out = {"results": results, "hires": hires, "readers": readers,
            "setup": {"n_train": args.n_train, "n_test": args.n_test, "size": args.size,
                      "batch_size": args.batch_size, "cpus": os.cpu_count()}}
     write_json(args.out, out)
-    print(markdown(results, hires))
+    print(markdown(results, hires, readers))
     print(f"\nJSON in {args.out}")
     if not args.work_dir:
         shutil.rmtree(work, ignore_errors=True)

@@ -10,6 +10,30 @@ from models.projection import PROJECTIONS
 from utils import UserError, positive_int
 
 
+def add_data_args(parser):
+    """Where the data is and in which layout (see ``datasets.layouts``)."""
+    from datasets.layouts import FORMATS
+    parser.add_argument("--data_path", type=str, default=None,
+                        help="data set root (every layout but folder)")
+    parser.add_argument("--data_format", type=str, default="auto", choices=list(FORMATS),
+                        help="layout of the data: auto (recognised from the files, logged), "
+                             "mvtec, visa (raw, split_csv/1cls.csv), mvtec_ad2, mvtec_loco, "
+                             "btad, or folder (plain folders: --normal_dir ...)")
+    parser.add_argument("--normal_dir", type=str, default=None,
+                        help="folder layout: normal training images")
+    parser.add_argument("--abnormal_dir", type=str, nargs="+", default=None, metavar="DIR",
+                        help="folder layout: anomalous test images, one folder per defect type "
+                             "(named after the folder)")
+    parser.add_argument("--normal_test_dir", type=str, default=None,
+                        help="folder layout: normal test images")
+    parser.add_argument("--normal_split", type=float, default=None,
+                        help="folder layout, instead of --normal_test_dir: share of --normal_dir "
+                             "held out for testing (seeded by --seed, recorded in the model)")
+    parser.add_argument("--mask_dir", type=str, default=None,
+                        help="folder layout: masks matched by file stem (with or without a "
+                             "_mask suffix), in sub-folders named by type or flat")
+
+
 def add_model_args(parser, fitting):
     """Flags that identify a model (and, when ``fitting``, how to fit it)."""
     parser.add_argument("--method", type=str, default="ortho", choices=sorted(PROJECTIONS),
@@ -111,6 +135,15 @@ def add_calibration_args(parser):
                         help="labelled images that set the thresholds: DIR/good/, DIR/<defect>/, "
                              "masks optional in DIR/ground_truth/<defect>/<stem>_mask.png (or "
                              "DIR/<category>/... for several categories); never test images")
+    parser.add_argument("--calibration_normal_dir", type=str, default=None,
+                        help="instead of --calibration_dir, plain folders: normal calibration "
+                             "images")
+    parser.add_argument("--calibration_abnormal_dir", type=str, nargs="+", default=None,
+                        metavar="DIR", help="anomalous calibration images, one folder per "
+                                            "defect type")
+    parser.add_argument("--calibration_mask_dir", type=str, default=None,
+                        help="masks of the anomalous calibration images, matched by stem (with "
+                             "or without _mask), by type or flat")
     parser.add_argument("--threshold_target", type=str, default="f1",
                         help="with --calibration_dir: f1 (best F1) or fpr=F (at most a share F of "
                              "the normal images rejected, e.g. fpr=0.01)")

@@ -1,4 +1,5 @@
-"""Evaluate fitted models: image AUROC, pixel AUROC, AU-PRO (and the paper's protocol).
+"""Evaluate fitted models: image AUROC, pixel AUROC, AU-PRO (and the paper's protocol; MVTec AD 2's
+AU-PRO at 0.05 and SegF1; MVTec LOCO's sPRO), on data in any layout (--data_format).
 
     python eval.py --data_path demo_data --category all --eval_PRO
 """
@@ -9,7 +10,8 @@ import sys
 from utils import (ArgumentParser, UserError, ensure_dir, model_path, run_cli,  # first: quiets Paddle
                    run_dir)
 import cli  # noqa: E402
-from datasets.mvtec import resolve_categories  # noqa: E402
+from datasets.layouts import data_options, open_data  # noqa: E402
+from modelfile import read_meta  # noqa: E402
 from pipeline import model as models_io  # noqa: E402
 from pipeline.evaluate import eval_options, evaluate_category  # noqa: E402
 from pipeline.results import RunResults  # noqa: E402
@@ -19,9 +21,10 @@ logger = logging.getLogger("eval")
 
 def get_args(argv=None):
     p = ArgumentParser(description="Evaluate fitted OrthoAD / PaDiM models on the test sets.")
-    p.add_argument("--data_path", type=str, required=True, help="MVTec-layout data root")
+    cli.add_data_args(p)
     p.add_argument("--category", type=str, default="all",
-                   help="all, textures, objects, or a category folder name")
+                   help="all, textures, objects (MVTec AD), or a category name (the model's "
+                        "name with --data_format folder)")
     cli.add_model_args(p, fitting=False)
     cli.add_run_args(p)
     p.add_argument("--model_path", type=str, default=None,
@@ -35,7 +38,11 @@ def get_args(argv=None):
 def main(args):
     """Evaluate every selected category; return the result rows (one dict per category)."""
     cli.check_common(args)
-    categories = resolve_categories(args.data_path, args.category)
+    if args.normal_split is not None:          # the held-out normals the fit chose, not others
+        args.seed = _split_seed(args)
+    _, categories, datas = open_data(args)     # every category read and checked first
+    for c in categories:
+        datas[c].require_test()
     if args.model_path and len(categories) != 1:
         raise UserError("--model_path holds one category's model: pass --category NAME too")
     out_dir = ensure_dir(os.path.dirname(os.path.abspath(args.model_path)) if args.model_path
@@ -53,12 +60,26 @@ def main(args):
         if results is None:
             results = RunResults(out_dir, args.report,
                                  cli.run_info(args, model.meta["weights_source"], model.engine))
-        result = evaluate_category(model, args.data_path, category, opts)
+        result = evaluate_category(model, datas[category], opts)
         results.add(result.row, result)
         del model
     print(results.finish())
     print(f"results.csv in {out_dir}")
     return results.rows
+
+
+def _split_seed(args):
+    """The seed the fit used to hold normal test images out of --normal_dir (--normal_split):
+    read from the model, so that evaluation tests exactly the images the fit never saw."""
+    opts = data_options(args)
+    name = args.category
+    path = args.model_path or model_path(args.save_path, args.method, args.arch, args.k, name)
+    split = ((read_meta(path).get("data") or {}).get("normal_split")) or {}
+    if not isinstance(split.get("seed"), int) or split.get("fraction") != opts.normal_split:
+        raise UserError(f"model '{path}' was not fitted with --normal_split "
+                        f"{opts.normal_split}: evaluate with the flags it was fitted with (the "
+                        "held-out normal images must not have been in the fit)")
+    return split["seed"]
 
 
 if __name__ == "__main__":

@@ -10,6 +10,10 @@ images differ in size); labels and image scores [N].
     is what scikit-learn's ``roc_auc_score`` computes);
   - ``au_pro``: the per-region overlap curve integrated up to a false positive rate limit,
     exactly as the official MVTec AD evaluation (v1.0) computes it, streamed in chunks;
+  - ``au_pro`` with saturated regions (``add_regions``): MVTec LOCO's sPRO, each defect counting
+    as found once a set number of its pixels (its saturation) is above the threshold;
+  - ``f1_at``: the pixel F1 of the maps binarised at a threshold, counts pooled over all pixels
+    (MVTec AD 2's SegF1);
   - ``f1_threshold`` / ``fpr_threshold``: pixel thresholds for calibration.
   ``pixel_auroc`` and ``au_pro`` are the same for a list of maps.
 * ``confusion`` / ``best_f1_threshold`` / ``fpr_threshold``: image verdicts at a threshold.
@@ -49,6 +53,7 @@ class PixelSet:
         self.n = 0
         self._d_scores, self._d_comps = [], []
         self._n_labels = 0
+        self._saturation = []            # (region label, value, relative) of add_regions
         self._sorted = False
 
     @classmethod
@@ -59,20 +64,41 @@ class PixelSet:
             out.add(amap, mask)
         return out
 
-    def add(self, amap, mask):
-        """Add one map [H, W] and its bool mask [H, W] (NaN scores: unscored, left out)."""
+    def _append(self, kept):
         if self._sorted:
             raise ValueError("PixelSet is closed: add every map before computing a metric")
+        if self.n + kept.size > len(self._scores):
+            grown = np.empty(max(2 * len(self._scores), self.n + kept.size), dtype=np.float32)
+            grown[:self.n] = self._scores[:self.n]
+            self._scores = grown
+        self._scores[self.n:self.n + kept.size] = kept
+        self.n += kept.size
+
+    def add_regions(self, amap, regions, saturations):
+        """Add the defect pixels of one map [H, W] as given regions (no normal pixels): MVTec
+        LOCO's defects, one bool mask [H, W] each (they may overlap or be disconnected).
+
+        Args:
+            saturations: per region (value, relative): the region counts as fully found once
+                min(value, its area) of its pixels (relative: value * its area) are above the
+                threshold (the saturated per-region overlap, sPRO).
+        """
+        s = np.asarray(amap, dtype=np.float32).ravel()
+        scored = np.isfinite(s)
+        for region, (value, relative) in zip(regions, saturations):
+            inside = np.asarray(region, dtype=bool).ravel() & scored
+            self._append(s[inside])
+            self._n_labels += 1
+            self._d_scores.append(s[inside])
+            self._d_comps.append(np.full(int(inside.sum()), self._n_labels, dtype=np.int32))
+            self._saturation.append((self._n_labels, float(value), bool(relative)))
+
+    def add(self, amap, mask):
+        """Add one map [H, W] and its bool mask [H, W] (NaN scores: unscored, left out)."""
         s = np.asarray(amap, dtype=np.float32).ravel()
         m = np.asarray(mask, dtype=bool)
         scored = np.isfinite(s)
-        if self.n + int(scored.sum()) > len(self._scores):
-            grown = np.empty(max(2 * len(self._scores), self.n + s.size), dtype=np.float32)
-            grown[:self.n] = self._scores[:self.n]
-            self._scores = grown
-        kept = s if scored.all() else s[scored]
-        self._scores[self.n:self.n + kept.size] = kept
-        self.n += kept.size
+        self._append(s if scored.all() else s[scored])
         if m.any():
             lab, k = ndimage.label(m, structure=_EIGHT_CONNECTED)
             lab = lab.ravel()
@@ -93,6 +119,12 @@ class PixelSet:
             self._d_scores = self._d_comps = None
             self.sizes = np.bincount(self.d_comps, minlength=self._n_labels + 1)
             self.n_regions = int(np.count_nonzero(self.sizes[1:]))
+            self.saturation = None
+            if self._saturation:           # sPRO: each region's saturation, in pixels
+                self.saturation = self.sizes.astype(np.float64)
+                for label, value, relative in self._saturation:
+                    size = self.sizes[label]
+                    self.saturation[label] = value * size if relative else min(value, size)
             self.n_defect = int(self.d_scores.size)
             self.n_ok = self.n - self.n_defect
             self._sorted = True
@@ -160,7 +192,7 @@ class PixelSet:
         # end of their score's run, and the cumulative PRO weight up to it
         order = np.argsort(self.d_scores, kind="stable")[::-1]
         run_end = n - 1 - np.searchsorted(asc, self.d_scores[order], side="left")
-        weight = np.cumsum(1.0 / self.sizes[self.d_comps[order]]) / self.n_regions
+        weight = np.cumsum(self._increments(self.d_comps[order])) / self.n_regions
         del order
         # the smallest FP count whose float32 FPR exceeds the limit, and the position that surely
         # reaches it (every defect pixel before it)
@@ -215,7 +247,37 @@ class PixelSet:
         fx, fy = np.array(curve).T
         return value, (fx, fy)
 
+    def _increments(self, comps):
+        """PRO gained by each defect pixel, in the given (descending score) order: 1 / |C| for
+        PRO; for sPRO, (min(j, s) - min(j - 1, s)) / s for the j-th pixel of a region of
+        saturation s, so that a region's share stops growing once s of its pixels are found."""
+        if self.saturation is None:
+            return 1.0 / self.sizes[comps]
+        by_comp = np.argsort(comps, kind="stable")           # grouped, order kept inside
+        grouped = comps[by_comp]
+        starts = np.flatnonzero(np.r_[True, grouped[1:] != grouped[:-1]])
+        lengths = np.diff(np.r_[starts, len(grouped)])
+        rank = np.empty(len(comps), dtype=np.float64)
+        rank[by_comp] = np.arange(len(grouped)) - np.repeat(starts, lengths) + 1.0
+        sat = self.saturation[comps]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            inc = (np.minimum(rank, sat) - np.minimum(rank - 1.0, sat)) / sat
+        return np.nan_to_num(inc, nan=0.0)
+
     # ----------------------------------------------------------------- thresholds
+
+    def f1_at(self, threshold):
+        """Pixel F1 of ``score > threshold`` against the masks, TP / FP / FN counted over all
+        pixels together (MVTec AD 2's SegF1); None without defect pixels."""
+        asc = self._close()
+        if self.n_defect == 0 or threshold is None:
+            return None
+        threshold = np.float32(threshold)      # compared as the masks compare the float32 maps
+        above = self.n - int(np.searchsorted(asc, threshold, side="right"))
+        tp = self.n_defect - int(np.searchsorted(np.sort(self.d_scores), threshold,
+                                                 side="right"))
+        fp, fn = above - tp, self.n_defect - tp
+        return 2.0 * tp / (2.0 * tp + fp + fn)
 
     def f1_threshold(self):
         """(threshold, f1): the pixel threshold (score > threshold = defect) of best F1."""

@@ -199,6 +199,11 @@ def load_model(path, expect=None, names=None):
     return meta, arrays
 
 
+def read_meta(path):
+    """A model file's metadata only (its arrays are not read), checked like ``load_model``."""
+    return load_model(path, names=())[0]
+
+
 # --------------------------------------------------------------------------- pickles, safely
 
 _ALLOWED_GLOBALS = {

@@ -101,6 +101,45 @@ def decode_mask(text):
     return np.asarray(Image.open(io.BytesIO(base64.b64decode(text))).convert("L")) > 127
 
 
+# --------------------------------------------------------------------------- MVTec AD 2 server form
+
+MAPS = "anomaly_images"
+MASKS = "anomaly_images_thresholded"
+FLOAT16_MAX = float(np.finfo(np.float16).max)
+
+
+def server_arrays(full, pixel_threshold):
+    """Original-size map [H0, W0] (NaN: not scored) -> (float16 map, uint8 0/255 mask or None)."""
+    finite = np.isfinite(full)
+    low = float(full[finite].min()) if finite.any() else 0.0
+    m = np.clip(np.where(finite, full, low), -FLOAT16_MAX, FLOAT16_MAX).astype(np.float16)
+    mask = None if pixel_threshold is None else \
+        ((np.nan_to_num(full, nan=-np.inf) > pixel_threshold).astype(np.uint8) * 255)
+    return m, mask
+
+
+def write_server_map(root, category, split, image_path, full, pixel_threshold):
+    """Write one image's original-size map as float16 TIFF (and its mask binarised at the
+    pixel threshold, 0 / 255 PNG) in the form the MVTec AD 2 evaluation server accepts:
+    ``<root>/anomaly_images/<category>/<split>/<stem>.tiff`` and
+    ``<root>/anomaly_images_thresholded/<category>/<split>/<stem>.png``; ``split`` is the image's
+    folder below the object (test_private, test_private_mixed, test_public/bad). Unscored (NaN)
+    pixels become the image's smallest score and scores above float16's 65504 are clipped:
+    the server expects finite maps."""
+    import tifffile
+    stem = os.path.splitext(os.path.basename(image_path))[0]
+    amap, mask = server_arrays(full, pixel_threshold)
+    path = os.path.join(ensure_dir(os.path.join(root, MAPS, category, split)), f"{stem}.tiff")
+    with atomic_path(path) as tmp:
+        tifffile.imwrite(tmp, amap)
+    if mask is not None:
+        mpath = os.path.join(ensure_dir(os.path.join(root, MASKS, category, split)), f"{stem}.png")
+        with atomic_path(mpath) as tmp:
+            Image.fromarray(mask).save(tmp, format="PNG")
+    return path
+
+
+
 # --------------------------------------------------------------------------- masks and regions
 
 def regions(mask, full_map):
@@ -161,10 +200,11 @@ class PredictionWriter:
     CSV_COLUMNS = ["path", "score", "verdict", "n_regions", "largest_region_area"]
 
     def __init__(self, out_dir, preprocess, thresholds, display, ignore=None, save_pic=True,
-                 save_outputs=True):
+                 save_outputs=True, server_maps=None):
         self.out_dir, self.pre, self.display, self.ignore = out_dir, preprocess, display, ignore
         self.threshold, self.pixel_threshold = thresholds
         self.save_pic, self.save_outputs = save_pic, save_outputs
+        self.server_maps = server_maps          # (root, category, split) or None
         self.rows = []
 
     def add(self, path, x, original_hw, amap, score):
@@ -177,6 +217,10 @@ class PredictionWriter:
         row.update(path=path, map=amap)
         if self.save_outputs:
             row["mask"], row["regions"] = write_outputs(self.out_dir, record, mask)
+        if self.server_maps:
+            root, category, split = self.server_maps
+            row["server_map"] = write_server_map(root, category, split, path, full,
+                                                 self.pixel_threshold)
         if self.save_pic:
             vmin, vmax = visualize.display_range(self.display, amap)
             row["picture"] = visualize.save_prediction(

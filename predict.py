@@ -39,6 +39,11 @@ def get_args(argv=None):
                    help="PNG of pixels never to score (white = ignore), added to the model's own")
     p.add_argument("--output", type=str, default=None,
                    help="output folder (default: <model folder>/predict/<category>)")
+    p.add_argument("--save_maps", type=str, default=None,
+                   help="also write each original-size map (float16 TIFF) and its mask at the "
+                        "pixel threshold (0 / 255 PNG) under this folder in the form the MVTec "
+                        "AD 2 evaluation server accepts: anomaly_images[_thresholded]/"
+                        "<category>/<input folder name>/<stem>")
     return p.parse_args(argv)
 
 
@@ -58,8 +63,12 @@ def main(args):
     pre = model.preprocess
     if args.ignore_mask:
         model.extra_ignore = load_ignore_mask(args.ignore_mask, pre)
+    split = os.path.basename(os.path.normpath(os.path.abspath(
+        args.input if os.path.isdir(args.input) else os.path.dirname(args.input))))
     writer = PredictionWriter(out_dir, pre, (threshold, pixel_threshold), model.meta,
-                              model.ignore, args.save_pic, args.save_outputs)
+                              model.ignore, args.save_pic, args.save_outputs,
+                              (args.save_maps, model.meta["category"], split)
+                              if args.save_maps else None)
     aspect = AspectWarnings(pre, limit=10)
 
     def load(f):

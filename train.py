@@ -1,8 +1,9 @@
 """Fit OrthoAD / PaDiM statistics per category, optionally calibrate and evaluate; or fold new
-normal images into fitted models (--update).
+normal images into fitted models (--update). Data in any layout (--data_format).
 
     python train.py --data_path demo_data --category all --no-pretrained --eval --eval_PRO
     python train.py --data_path new_images --category brick --update
+    python train.py --normal_dir good --abnormal_dir scratch dent --normal_split 0.2 --category part
 """
 import logging
 import sys
@@ -10,9 +11,10 @@ import sys
 from utils import (ArgumentParser, UserError, ensure_dir, model_path, run_cli,  # first: quiets Paddle
                    run_dir)
 import cli  # noqa: E402
-from datasets.mvtec import resolve_categories  # noqa: E402
+from datasets.layouts import open_data  # noqa: E402
 from pipeline.backbones import get_backbone  # noqa: E402
-from pipeline.calibration import calibrate, calibration_samples, parse_target  # noqa: E402
+from pipeline.calibration import (calibrate, calibration_samples,  # noqa: E402
+                                  calibration_source, parse_target)
 from pipeline.distributed import Group  # noqa: E402
 from pipeline.evaluate import eval_options, evaluate_category  # noqa: E402
 from pipeline.fit import FitConfig, fit_category  # noqa: E402
@@ -27,9 +29,10 @@ logger = logging.getLogger("train")
 def get_args(argv=None):
     p = ArgumentParser(description="Fit the per-patch Gaussians of OrthoAD (ortho) or PaDiM "
                                    "(sample) on the normal images of each category.")
-    p.add_argument("--data_path", type=str, required=True, help="MVTec-layout data root")
+    cli.add_data_args(p)
     p.add_argument("--category", type=str, default="all",
-                   help="all, textures, objects, or a category folder name")
+                   help="all, textures, objects (MVTec AD), or a category name (the model's "
+                        "name with --data_format folder)")
     cli.add_model_args(p, fitting=True)
     cli.add_run_args(p)
     cli.add_calibration_args(p)
@@ -51,13 +54,17 @@ def main(args):
                     parse_input_size(args.input_size), parse_cell(args.cell), args.engine,
                     args.stats, args.ignore_mask, args.save_sums)
     target = parse_target(args.threshold_target)
-    categories = resolve_categories(args.data_path, args.category)
-    calibration = {c: calibration_samples(args.calibration_dir, c, len(categories),
-                                          args.data_path)
-                   for c in categories} if args.calibration_dir else {}
+    source = calibration_source(args)
+    _, categories, datas = open_data(args)     # every category read and checked first
+    for c in categories:
+        datas[c].require_train(minimum=1 if args.update else 2)
+        if args.eval:
+            datas[c].require_test()
+    calibration = {c: calibration_samples(source, c, len(categories), datas[c])
+                   for c in categories} if source else {}
     out_dir = ensure_dir(run_dir(args.save_path, args.method, args.arch, args.k))
     group = Group()                    # the ranks of paddle.distributed.launch, or this process
-    group.check_launch(args, categories)
+    group.check_launch(args, {c: datas[c].train for c in categories})
     by_category = group.world > 1 and (args.shard == "categories" or (
         args.shard == "auto" and len(categories) >= group.world))
     mine = categories[group.rank::group.world] if by_category else categories
@@ -79,24 +86,24 @@ def main(args):
             model = update_category(
                 models_io.load(path, {"method": args.method, "arch": args.arch, "k": args.k},
                                args.weights),
-                args.data_path, category, args.batch_size, args.holdout, args.seed,
-                args.engine, args.stats, cache)
+                datas[category], args.batch_size, args.holdout, args.seed, args.engine,
+                args.stats, cache)
         else:
-            model = fit_category(args.data_path, category, cfg, backbone, cache, fit_group)
+            model = fit_category(datas[category], cfg, backbone, cache, fit_group)
         if model is None:              # another rank finalises this category
             continue
         if category in calibration or args.eval:
             model.use_engine(args.engine, cache, threads)
         if category in calibration:
             calibrate(model, calibration[category], target, args.batch_size,
-                      args.calibration_dir)
+                      source.describe())
         model.save(model_path(args.save_path, args.method, args.arch, args.k, category))
         row = {"category": category, "n_train": model.meta["n_train"],
                "fit_seconds": model.meta["updates"][-1]["seconds"] if args.update
                else model.meta["fit_seconds"]}
         result = None
         if args.eval:                      # the model just fitted, from memory
-            result = evaluate_category(model, args.data_path, category, opts)
+            result = evaluate_category(model, datas[category], opts)
             row.update(result.row)
         results.add(row, result)
         del model

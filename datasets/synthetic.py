@@ -15,6 +15,7 @@ Usage: python -m datasets.synthetic --out demo_data
 """
 import logging
 import os
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
@@ -75,48 +76,93 @@ def _defect(img, kind, other, rng):
     return mask
 
 
-def _save(path, array, tint):
+def _encode(array, tint):
+    """float [H, W] in 0..255 -> uint8 [H, W] (gray) or [H, W, 3] (tinted)."""
     a = np.clip(np.round(array), 0, 255).astype(np.uint8)
     if tint is not None:
         a = np.clip(np.round(a[:, :, None] * np.asarray(tint)), 0, 255).astype(np.uint8)
+    return a
+
+
+def _save(path, array, tint, fmt="PNG"):
     with atomic_path(path) as tmp:
-        Image.fromarray(a).save(tmp, format="PNG")
+        Image.fromarray(_encode(array, tint)).save(tmp, format=fmt)
+
+
+@dataclass
+class Item:
+    """One generated image: ``split`` train, test, validation or private (unlabelled in the
+    layouts that have such a split); ``kind`` 'good' or the defect; ``index`` its number within
+    (split, kind); ``image`` float [H, W]; ``mask`` bool [H, W] or None."""
+    category: str
+    split: str
+    label: int
+    kind: str
+    index: int
+    image: np.ndarray
+    tint: tuple
+    mask: np.ndarray = None
+
+
+def draw_category(name, ci, textures, n_train, n_good, n_defect, size, height, seed,
+                  n_validation=0, n_private=0):
+    """The images of one demo category, drawn in a fixed order from one seeded generator (the
+    validation and private images after all others, so that asking for them changes nothing
+    else)."""
+    rng = np.random.default_rng([seed, ci])
+    tex, tint = textures[name], TEXTURES[name]
+    others = [textures[o] for o in TEXTURES if o != name]
+    items = [Item(name, "train", 0, "good", i, _crop(tex, height, size, rng), tint)
+             for i in range(n_train)]
+    items += [Item(name, "test", 0, "good", i, _crop(tex, height, size, rng), tint)
+              for i in range(n_good)]
+
+    def defective(i, split):
+        kind = DEFECTS[i % len(DEFECTS)]
+        img = _crop(tex, height, size, rng)
+        other = _crop(others[i % len(others)], height, size, rng)
+        mask = _defect(img, kind, other, rng)
+        return Item(name, split, 1, kind, i // len(DEFECTS), img, tint, mask)
+    items += [defective(i, "test") for i in range(n_defect)]
+    items += [Item(name, "validation", 0, "good", i, _crop(tex, height, size, rng), tint)
+              for i in range(n_validation)]
+    for i in range(n_private):                     # unlabelled: every other one defective
+        items.append(defective(i, "private") if i % 2 else
+                     Item(name, "private", 0, "good", i, _crop(tex, height, size, rng), tint))
+    return items
 
 
 def generate(out, categories=tuple(TEXTURES), n_train=30, n_good=5, n_defect=10, size=256,
-             seed=0, height=None):
-    """Write the demo data set under ``out`` (images ``height`` x ``size``, square by default);
-    return the list of category names. ``hires`` is the high-resolution category
-    (``generate_hires``)."""
+             seed=0, height=None, layout="mvtec", n_validation=None, n_private=None,
+             image_format="png"):
+    """Write the demo data set under ``out`` (images ``height`` x ``size``, square by default)
+    in ``layout`` (``datasets.layout_writers``), with ``manifest.json``, the record of every
+    file written; return the list of category names. ``hires`` is the high-resolution category
+    (``generate_hires``, MVTec layout). ``n_validation`` / ``n_private``: normal validation and
+    unlabelled test images of the layouts that have them (default 5 / 4 there, 0 elsewhere)."""
+    from .layout_writers import WRITERS, write_manifest
+    if layout not in WRITERS:
+        raise ValueError(f"unknown layout '{layout}': choose from {', '.join(WRITERS)}")
+    writer = WRITERS[layout]
     height = size if height is None else height
+    n_validation = writer.N_VALIDATION if n_validation is None else n_validation
+    n_private = writer.N_PRIVATE if n_private is None else n_private
     textures = {name: getattr(skdata, name)() for name in TEXTURES}
+    entries = []
     for ci, name in enumerate(categories):
         if name == HIRES:
+            if layout != "mvtec":
+                raise ValueError("the hires category is written in the mvtec layout only")
             generate_hires(out, n_train, n_good, n_defect, height, size, seed)
             continue
         if name not in TEXTURES:
             raise ValueError(f"unknown demo category '{name}': choose from {CATEGORIES}")
-        rng = np.random.default_rng([seed, ci])
-        tex, tint = textures[name], TEXTURES[name]
-        others = [textures[o] for o in TEXTURES if o != name]
-        root = os.path.join(out, name)
-        for i in range(n_train):
-            _save(os.path.join(root, "train", "good", f"{i:03d}.png"),
-                  _crop(tex, height, size, rng), tint)
-        for i in range(n_good):
-            _save(os.path.join(root, "test", "good", f"{i:03d}.png"),
-                  _crop(tex, height, size, rng), tint)
-        for i in range(n_defect):
-            kind = DEFECTS[i % len(DEFECTS)]
-            img = _crop(tex, height, size, rng)
-            other = _crop(others[i % len(others)], height, size, rng)
-            mask = _defect(img, kind, other, rng)
-            stem = f"{i // len(DEFECTS):03d}"
-            _save(os.path.join(root, "test", kind, f"{stem}.png"), img, tint)
-            _save(os.path.join(root, "ground_truth", kind, f"{stem}_mask.png"),
-                  mask.astype(np.float64) * 255, None)
-        logger.info("demo category %s: %d train, %d good + %d defective test images", name,
-                    n_train, n_good, n_defect)
+        items = draw_category(name, ci, textures, n_train, n_good, n_defect, size, height, seed,
+                              n_validation, n_private)
+        entries += writer.write(out, name, ci, items, image_format)
+        logger.info("demo category %s (%s layout): %d train, %d good + %d defective test "
+                    "images", name, layout, n_train, n_good, n_defect)
+    write_manifest(out, layout, entries)
     return list(categories)
 
 
@@ -183,7 +229,8 @@ def generate_hires(out, n_train=20, n_good=4, n_defect=8, height=2048, width=204
 
 
 def get_args(argv=None):
-    p = ArgumentParser(description="Write the MVTec-layout demo data set.")
+    p = ArgumentParser(description="Write the demo data set, in the MVTec AD layout or in another "
+                                   "benchmark's layout, with manifest.json (every file written).")
     p.add_argument("--out", type=str, default="demo_data", help="output root folder")
     p.add_argument("--categories", type=str, default=",".join(TEXTURES),
                    help="comma-separated subset of " + ",".join(TEXTURES) + f" and {HIRES} "
@@ -196,6 +243,17 @@ def get_args(argv=None):
     p.add_argument("--height", type=positive_int, default=None,
                    help="image height in pixels (default: --size)")
     p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--layout", type=str, default="mvtec",
+                   choices=["mvtec", "visa", "mvtec_ad2", "mvtec_loco", "btad", "folder"],
+                   help="the tree to write the same images in (see README, Data layouts)")
+    p.add_argument("--image_format", type=str, default="png", choices=["png", "jpg"],
+                   help="visa only: jpg writes JPEG files named .JPG as VisA ships them (lossy, "
+                        "so metrics differ slightly from the PNG layouts)")
+    p.add_argument("--n_validation", type=int, default=None,
+                   help="normal validation images (mvtec_ad2, mvtec_loco; default 5)")
+    p.add_argument("--n_private", type=int, default=None,
+                   help="unlabelled test images (mvtec_ad2: test_private and "
+                        "test_private_mixed; default 4)")
     return p.parse_args(argv)
 
 
@@ -212,10 +270,17 @@ def main(args):
     if min(args.size, height) < 48:
         raise UserError(f"--size / --height {min(args.size, height)} is too small: use at least "
                         "48 pixels")
+    if HIRES in names and args.layout != "mvtec":
+        raise UserError(f"the {HIRES} category is written in the mvtec layout only: drop it or "
+                        "use --layout mvtec")
+    for flag in ("n_validation", "n_private"):
+        if (getattr(args, flag) or 0) < 0:
+            raise UserError(f"--{flag} {getattr(args, flag)} must be at least 0")
     ensure_dir(args.out)
     generate(args.out, names, args.n_train, args.n_good, args.n_defect, args.size, args.seed,
-             height)
-    print(f"demo data written to {args.out}: {', '.join(names)}")
+             height, args.layout, args.n_validation, args.n_private, args.image_format)
+    print(f"demo data written to {args.out} ({args.layout} layout): {', '.join(names)}; "
+          f"record of every file: {os.path.join(args.out, 'manifest.json')}")
     return names
 
 

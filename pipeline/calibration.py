@@ -10,14 +10,21 @@ Where calibration images have masks, a pixel threshold (the map threshold of the
 is set separately by the same target over their pixels and the normal images' pixels; otherwise
 the pixel threshold is the image threshold. Test images are never used: a calibration folder
 inside the category's test folder, or holding one of its test images, is refused.
+
+Calibration images come as a labelled tree (``--calibration_dir``: good/, defect folders, masks
+in ground_truth/<defect>/) or as plain folders in the shape of ``--data_format folder``
+(``--calibration_normal_dir``, ``--calibration_abnormal_dir``, ``--calibration_mask_dir``).
 """
 import logging
 import os
+from dataclasses import dataclass
 
 import numpy as np
 
 import metrics
-from datasets.mvtec import MVTecCategory, scan_labelled
+from datasets import folder
+from datasets.mvtec import scan_labelled
+from datasets.samples import warn_masks
 from utils import UserError
 
 from .evaluate import score_samples
@@ -41,31 +48,83 @@ def parse_target(text):
                     "(e.g. fpr=0.01)")
 
 
-def calibration_samples(cal_dir, category, n_categories, data_path):
-    """The labelled samples of ``cal_dir`` for ``category`` (see the module docstring)."""
-    if not os.path.isdir(cal_dir):
-        raise UserError(f"--calibration_dir '{cal_dir}' is not a folder: give a folder with "
-                        "good/ and defect folders")
-    if os.path.isdir(os.path.join(cal_dir, "good")):
+@dataclass
+class CalibrationSource:
+    """Where the labelled calibration images are: a tree, or plain folders."""
+    dir: str = None
+    normal_dir: str = None
+    abnormal_dir: list = None
+    mask_dir: str = None
+
+    @property
+    def folders(self):
+        return bool(self.normal_dir or self.abnormal_dir or self.mask_dir)
+
+    def __bool__(self):
+        return bool(self.dir) or self.folders
+
+    def describe(self):
+        return self.dir or self.normal_dir or (self.abnormal_dir or [""])[0]
+
+
+def calibration_source(args):
+    """The calibration flags of a script, checked (an empty source if none is given)."""
+    src = CalibrationSource(getattr(args, "calibration_dir", None),
+                            getattr(args, "calibration_normal_dir", None),
+                            getattr(args, "calibration_abnormal_dir", None),
+                            getattr(args, "calibration_mask_dir", None))
+    if src.dir and src.folders:
+        raise UserError("--calibration_dir and --calibration_normal_dir / "
+                        "--calibration_abnormal_dir / --calibration_mask_dir both give "
+                        "calibration images: use the tree or the plain folders")
+    if src.folders and not src.normal_dir:
+        raise UserError("calibration in plain folders needs --calibration_normal_dir (normal "
+                        "images that are not test images)")
+    return src
+
+
+def calibration_samples(source, category, n_categories, data):
+    """The labelled samples of ``source`` (``CalibrationSource``) for ``category``, refused if
+    any is a test image of ``data`` (``datasets.samples.CategoryData``)."""
+    if source.folders:
         if n_categories > 1:
-            raise UserError(f"--calibration_dir '{cal_dir}' holds one set of images (good/) but "
-                            f"{n_categories} categories are fitted: use DIR/<category>/good/ ...")
-        root = cal_dir
-    elif os.path.isdir(os.path.join(cal_dir, category)):
-        root = os.path.join(cal_dir, category)
+            raise UserError(f"plain calibration folders hold one category's images but "
+                            f"{n_categories} categories are fitted: calibrate each with "
+                            "calibrate.py, or use --calibration_dir DIR/<category>/...")
+        samples, orphans = folder.labelled(
+            [source.normal_dir], source.abnormal_dir or [], source.mask_dir, "calibration",
+            ("--calibration_normal_dir", "--calibration_abnormal_dir", "--calibration_mask_dir"))
+        root = source.normal_dir
     else:
-        root = cal_dir
-    samples = scan_labelled(root, os.path.join(root, "ground_truth"), ("ground_truth",)) \
-        if os.path.isdir(os.path.join(root, "good")) else []
+        cal_dir = source.dir
+        if not os.path.isdir(cal_dir):
+            raise UserError(f"--calibration_dir '{cal_dir}' is not a folder: give a folder with "
+                            "good/ and defect folders")
+        if os.path.isdir(os.path.join(cal_dir, "good")):
+            if n_categories > 1:
+                raise UserError(f"--calibration_dir '{cal_dir}' holds one set of images (good/) "
+                                f"but {n_categories} categories are fitted: use "
+                                "DIR/<category>/good/ ...")
+            root = cal_dir
+        elif os.path.isdir(os.path.join(cal_dir, category)):
+            root = os.path.join(cal_dir, category)
+        else:
+            root = cal_dir
+        samples, orphans = scan_labelled(root, os.path.join(root, "ground_truth"),
+                                         ("ground_truth",), "calibration") \
+            if os.path.isdir(os.path.join(root, "good")) else ([], [])
     if not any(s.label == 0 for s in samples):
         raise UserError(f"calibration folder '{root}' has no good/ images: add "
-                        f"{root}/good/*.png (normal images that are not test images)")
-    test_dir = os.path.realpath(os.path.join(MVTecCategory(data_path, category).root, "test"))
-    test_files = {os.path.realpath(os.path.join(d, f))
-                  for d, _, files in os.walk(test_dir) for f in files}
+                        f"{os.path.join(root, 'good')}/*.png (normal images that are not test "
+                        "images)" if not source.folders else
+                        f"--calibration_normal_dir '{root}' holds no images: add normal images "
+                        "that are not test images")
+    warn_masks(f"{category} (calibration)", samples, orphans)
+    test_dirs = [os.path.realpath(d) for d in data.test_dirs]
+    test_files = data.test_files()
     for s in samples:
         real = os.path.realpath(s.path)
-        if real.startswith(test_dir + os.sep) or real in test_files:
+        if real in test_files or any(real.startswith(d + os.sep) for d in test_dirs):
             raise UserError(f"calibration image '{s.path}' is a test image of '{category}': "
                             "calibrate on other images, never on the test set")
     return samples
@@ -86,13 +145,12 @@ def calibrate(model, samples, target, batch_size, source):
     pre = model.preprocess
     pixels = metrics.PixelSet(len(samples) * pre.height * pre.width)
     n_masks = 0
-    for sample, _, mask, _, _, amap, score in score_samples(model, samples, batch_size,
-                                                            "calibrate"):
+    for sample, item, amap, score in score_samples(model, samples, batch_size, "calibrate"):
         labels.append(sample.label)
         scores.append(score)
-        if sample.label == 0 or sample.mask_path:
-            pixels.add(amap, mask)
-            n_masks += sample.mask_path is not None
+        if sample.label == 0 or sample.has_mask:
+            pixels.add(amap, item.mask)
+            n_masks += sample.has_mask
     labels, scores = np.array(labels), np.array(scores)
     n_defect = int(labels.sum())
     if kind == "f1":
@@ -113,14 +171,16 @@ def calibrate(model, samples, target, batch_size, source):
         pixel, pixel_rule = image, "no calibration masks: the image threshold"
     verdicts = metrics.confusion(labels, scores, image)
     old = model.meta.get("threshold") or {}
+    # the hold-out (or validation) record behind the model; a calibrated model keeps it
+    base = (old.get("holdout") or {}) if old.get("source") == "calibration" else old
     record = {"image": image, "pixel": pixel, "rule": rule, "pixel_rule": pixel_rule,
               "source": "calibration", "target": kind if fpr is None else f"fpr={fpr:g}",
               "calibration": {"dir": os.path.abspath(source), "n_good": int((labels == 0).sum()),
                               "n_defect": n_defect, "n_masks": n_masks,
                               "on_calibration_images": verdicts},
-              "holdout": {k: v for k, v in old.items() if k in ("image", "n_holdout", "rule",
-                                                                  "holdout_scores",
-                                                                  "holdout_files")}}
+              "holdout": {k: v for k, v in base.items() if k in ("image", "n_holdout", "rule",
+                                                                   "source", "holdout_scores",
+                                                                   "holdout_files")}}
     model.meta["threshold"] = record
     disp = model.meta.get("display") or {}
     if disp.get("vmin") is not None:

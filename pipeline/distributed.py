@@ -114,18 +114,18 @@ class Group:
                             "must see the same data and flags (same --data_path contents, same "
                             "command line)")
 
-    def check_launch(self, args, categories):
+    def check_launch(self, args, train_files):
         """Every rank was started with the same flags (paths may differ between machines) and
-        sees the same training images (names and sizes) of ``categories``."""
+        sees the same training images (names and sizes): ``train_files`` {category: [paths]}."""
         if self.world == 1:
             return
-        from datasets.mvtec import MVTecCategory
-        paths = ("cpu_threads", "data_path", "save_path", "calibration_dir")
+        paths = ("cpu_threads", "data_path", "save_path", "calibration_dir", "normal_dir",
+                 "abnormal_dir", "normal_test_dir", "mask_dir", "calibration_normal_dir",
+                 "calibration_abnormal_dir", "calibration_mask_dir")
         self.check_same("list of training images or flags", {
             "flags": {k: v for k, v in vars(args).items() if k not in paths},
-            "images": {c: [(os.path.basename(f), os.path.getsize(f))
-                           for f in MVTecCategory(args.data_path, c).train_files()]
-                       for c in categories}})
+            "images": {c: [(os.path.basename(f), os.path.getsize(f)) for f in files]
+                       for c, files in train_files.items()}})
 
     def gather(self, obj):
         """Every rank's ``obj`` (picklable), in rank order, on every rank."""

@@ -20,15 +20,18 @@ import numpy as np
 
 import metrics
 import visualize
-from datasets.mvtec import MVTecCategory, load_test_item, prefetch_batches
+from outputs import original_map
+from datasets.loading import load_test_item, prefetch_batches
 from datasets.transforms import image_size
-from utils import atomic_path, ensure_dir, progress
+from utils import UserError, atomic_path, ensure_dir, progress
 
 from .geometry import AspectWarnings, batch_for
 
 logger = logging.getLogger(__name__)
 
 PRO_LIMIT = 0.3
+PRO_LIMIT_AD2 = 0.05         # MVTec AD 2's AU-PRO limit, and MVTec LOCO's main sPRO limit
+SPRO_LIMIT = 0.05
 
 
 @dataclass
@@ -62,36 +65,37 @@ class CategoryResult:
     examples: dict = field(default_factory=dict)
 
 
-def predict_batches(model, items, load, batch_size, desc):
+def predict_batches(model, items, load, batch_size, desc, image=lambda loaded: loaded[0]):
     """Score ``items`` with the model's engine; yield (loaded items, maps [B, H, W],
-    scores [B])."""
+    scores [B]); ``image(loaded item)`` is the network input [3, H, W]."""
     bar = progress(len(items), desc)
     try:
         for batch in prefetch_batches(items, load, batch_size):
-            maps, scores = model.score(np.stack([b[0] for b in batch]))
+            maps, scores = model.score(np.stack([image(b) for b in batch]))
             bar.update(len(batch))
             yield batch, maps, scores
     finally:
         bar.close()
 
 
-def score_samples(model, samples, batch_size, desc):
-    """Yield (sample, image [3, H, W], mask [H, W], original (H0, W0), original mask, map
-    [H, W], score) for every labelled sample, in order."""
+def score_samples(model, samples, batch_size, desc, channels=False):
+    """Yield (sample, ``datasets.loading.TestItem``, map [H, W], score) for every labelled
+    sample, in order (``channels``: with MVTec LOCO's ground-truth files one by one)."""
     pre = model.preprocess
     aspect = AspectWarnings(pre)
     it = iter(samples)
-    for batch, amaps, scores in predict_batches(model, samples, lambda s: load_test_item(s, pre),
-                                                batch_for(batch_size, pre.input_hw), desc):
-        for (x, mask, hw, mask_orig), amap, score in zip(batch, amaps, scores):
+    for batch, amaps, scores in predict_batches(
+            model, samples, lambda s: load_test_item(s, pre, channels),
+            batch_for(batch_size, pre.input_hw), desc, lambda item: item.x):
+        for item, amap, score in zip(batch, amaps, scores):
             sample = next(it)
-            aspect.check(sample.path, hw)
-            yield sample, x, mask, hw, mask_orig, amap, float(score)
+            aspect.check(sample.path, item.original_hw)
+            yield sample, item, amap, float(score)
     aspect.close(f"the {len(samples)} images")
 
 
 def _pixel_capacity(samples, pre, eval_size):
-    counted = [s for s in samples if s.label == 0 or s.mask_path]
+    counted = [s for s in samples if s.label == 0 or s.has_mask]
     if eval_size == "original":
         return sum(int(np.prod(image_size(s.path))) for s in counted)
     return len(counted) * pre.height * pre.width
@@ -115,21 +119,28 @@ class _Worst:
         return [(r, img, m) for _, _, r, img, m in sorted(self.heap, key=lambda t: -t[0])]
 
 
-def evaluate_category(model, data_path, category, opts):
-    """Score a category's test set and compute its metrics; see ``evaluate_samples``."""
-    samples = MVTecCategory(data_path, category).test_samples()
-    return evaluate_samples(model, samples, category, opts)
+def evaluate_category(model, data, opts):
+    """Score a category's test set (``datasets.samples.CategoryData``) and compute its metrics
+    (``evaluate_samples``); with ``opts.maps_dir``, also write the maps of its unlabelled test
+    images (MVTec AD 2's private sets) in the evaluation server's form."""
+    result = evaluate_samples(model, data.require_test(), data.name, opts, data.defects,
+                              data.layout)
+    if data.unlabelled and opts.maps_dir:
+        from .submission import write_unlabelled
+        write_unlabelled(model, data, opts.maps_dir, opts.batch_size)
+    return result
 
 
-def evaluate_samples(model, samples, category, opts):
+def evaluate_samples(model, samples, category, opts, defects=None, layout=None):
     """Score labelled samples and compute image, pixel and threshold metrics.
 
     Returns:
         ``CategoryResult``; its row has category, n_test, n_defect, n_pixel_images, image_auroc,
         pixel_auroc, [au_pro], [paper_pro, paper_roc], the threshold and the verdicts' precision,
-        recall, f1, fpr, tp, fp, fn, tn, unscored_defect_frac (share of the defect pixels outside
-        the scored region, left out of the pixel metrics), eval_seconds, eval_img_per_s.
-        Undefined values are None.
+        recall, f1, fpr, tp, fp, fn, tn, seg_f1 (pixel F1 at the pixel threshold),
+        [au_pro_05], [au_spro, au_spro_<type>] (MVTec LOCO, ``defects``), unscored_defect_frac
+        (share of the defect pixels outside the scored region, left out of the pixel metrics),
+        eval_seconds, eval_img_per_s. Undefined values are None.
     """
     start = time.perf_counter()
     pre, meta = model.preprocess, model.meta
@@ -139,19 +150,24 @@ def evaluate_samples(model, samples, category, opts):
     worst_fp, worst_fn = _Worst(opts.examples), _Worst(opts.examples)
     records = []
     defect_px = unscored_px = 0
-    for sample, x, mask, hw, mask_orig, amap, score in score_samples(
-            model, samples, opts.batch_size, f"eval {category}"):
-        in_pixels = sample.label == 0 or sample.mask_path is not None
+    spro = SaturatedPRO(samples, pre, opts.eval_size, defects) \
+        if defects is not None and opts.eval_pro else None
+    for sample, item, amap, score in score_samples(
+            model, samples, opts.batch_size, f"eval {category}", spro is not None):
+        x, mask, hw, mask_orig = item.x, item.mask, item.original_hw, item.mask_orig
+        in_pixels = sample.label == 0 or sample.has_mask
         records.append({"path": sample.path, "defect": sample.defect, "label": sample.label,
-                        "has_mask": sample.mask_path is not None, "score": score,
+                        "has_mask": sample.has_mask, "score": score,
                         "verdict": visualize.verdict(score, threshold)})
-        if sample.mask_path is not None:
+        if sample.has_mask:
             left, top, right, bottom = pre.scored_box(hw)
             defect = mask_orig > 127
             defect_px += int(defect.sum())
             unscored_px += int(defect.sum() - defect[top:bottom, left:right].sum())
-        full = pre.to_original(amap, hw) if opts.maps_dir or opts.eval_size == "original" \
-            else None
+        full = original_map(pre, amap, hw, model.ignore) \
+            if opts.maps_dir or opts.eval_size == "original" else None
+        if spro is not None:
+            spro.add(sample, item, full if opts.eval_size == "original" else amap)
         if in_pixels:
             if opts.eval_size == "original":
                 pixels.add(full, mask_orig > 127)
@@ -161,7 +177,12 @@ def evaluate_samples(model, samples, category, opts):
                 paper_maps.append(amap)
                 paper_masks.append(mask)
         if opts.maps_dir:
-            save_tiff(opts.maps_dir, category, sample, full)
+            if layout == "mvtec_ad2":
+                from outputs import write_server_map
+                write_server_map(opts.maps_dir, category, os.path.join(
+                    "test_public", sample.defect), sample.path, full, pixel_threshold)
+            else:
+                save_tiff(opts.maps_dir, category, sample, full)
         if opts.report:          # highest-scoring normal images, lowest-scoring defective ones
             worst, key = (worst_fp, score) if sample.label == 0 else (worst_fn, -score)
             worst.offer(key, records[-1], lambda: pre.unnormalise(x), amap)
@@ -178,6 +199,9 @@ def evaluate_samples(model, samples, category, opts):
                 len(samples) / eval_s)
     result = _metrics(category, records, pixels, threshold, opts)
     row = result.row
+    row["seg_f1"] = pixels.f1_at(pixel_threshold) if pixels.defined else None
+    if spro is not None:
+        row.update(spro.rows())
     thr = meta.get("threshold") or {}
     row["threshold_rule"] = thr.get("rule") if threshold is not None else None
     row["pixel_threshold"] = pixel_threshold
@@ -216,6 +240,7 @@ def _metrics(category, records, pixels, threshold, opts):
             curves["pro"] = pro
         else:
             row["au_pro"] = pixels.au_pro(PRO_LIMIT)
+        row["au_pro_05"] = pixels.au_pro(PRO_LIMIT_AD2)
         row["pro_seconds"] = time.perf_counter() - t
     if threshold is not None:
         row.update(metrics.confusion(labels, scores, threshold))
@@ -245,6 +270,55 @@ def _metrics(category, records, pixels, threshold, opts):
                 "(%d defective without a mask left out)", category, len(records),
                 row["n_defect"], n_pixel, missing)
     return CategoryResult(row, records, types, curves)
+
+
+class SaturatedPRO:
+    """MVTec LOCO's AU-sPRO (FPR limit ``SPRO_LIMIT``) for each anomaly type and for all of them
+    together: the false positive rate over the pixels of the normal test images only, each
+    ground-truth file one defect, saturating at its ``defects_config.json`` threshold.
+
+    Absolute saturation thresholds count pixels of the original image; at ``--eval_size input``
+    they are scaled by the image's area ratio to the input (relative ones need no scaling).
+    """
+
+    def __init__(self, samples, preprocess, eval_size, defects):
+        self.pre, self.eval_size, self.defects = preprocess, eval_size, defects
+        kinds = sorted({s.defect for s in samples if s.label == 1})
+        n_good = sum(1 for s in samples if s.label == 0)
+        per_image = preprocess.height * preprocess.width
+        self.sets = {k: metrics.PixelSet(n_good * per_image) for k in kinds + ["all"]}
+
+    def add(self, sample, item, amap):
+        if sample.label == 0:
+            for ps in self.sets.values():
+                ps.add(amap, np.zeros(amap.shape, dtype=bool))
+            return
+        if not item.channels:
+            return
+        original = self.eval_size == "original"
+        left, top, right, bottom = self.pre.scored_box(item.original_hw)
+        area = (self.pre.height * self.pre.width) / float((right - left) * (bottom - top))
+        regions, saturations = [], []
+        for path, (value, channel) in zip(sample.masks, item.channels):
+            cfg = self.defects.get(value)
+            if cfg is None:
+                raise UserError(f"ground-truth file '{path}' marks its defect with pixel value "
+                                f"{value}, which defects_config.json does not list: fix the "
+                                "file or the configuration")
+            regions.append(channel if original else
+                           self.pre.mask(channel.astype(np.uint8) * 255))
+            t = cfg["saturation_threshold"]
+            relative = cfg["relative_saturation"]
+            saturations.append((t if relative or original else t * area, relative))
+        for key in (sample.defect, "all"):
+            self.sets[key].add_regions(amap, regions, saturations)
+
+    def rows(self):
+        out = {}
+        for key, ps in self.sets.items():
+            name = "au_spro" if key == "all" else f"au_spro_{key.split('_')[0]}"
+            out[name] = ps.au_pro(SPRO_LIMIT)
+        return out
 
 
 def save_tiff(root, category, sample, full):

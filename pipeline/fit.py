@@ -1,9 +1,12 @@
-"""Fitting one category: embeddings of train/good, the streaming Gaussian, the threshold.
+"""Fitting one category: embeddings of its normal training images, the streaming Gaussian, the
+threshold.
 
 Normal images held out (``FitConfig.holdout``) are scored by the model fitted on the others; the
 threshold is ``threshold_rule`` of their image scores, and the display range runs from their
 smallest map value to twice the threshold's distance above it. They are then added to the
-statistics. No test image is ever looked at.
+statistics. Layouts with normal validation images (MVTec AD 2, MVTec LOCO) fit every training
+image and set the threshold by the same rule on the validation images instead, which never
+enter the statistics. No test image is ever looked at.
 """
 import logging
 import os
@@ -13,7 +16,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import paddle
 
-from datasets.mvtec import MVTecCategory, prefetch_batches
+from datasets.loading import prefetch_batches
 from datasets.transforms import image_size, load_rgb
 from models import linalg
 from models.device_gaussian import DeviceGaussian
@@ -58,6 +61,8 @@ HOLDOUT_BYTES = 2 << 30   # both their number and their bytes bounded
 
 THRESHOLD_RULE = ("max(max(s), mean(s) + 3 * std(s)) of the image scores s of held-out normal "
                   "training images")
+VALIDATION_RULE = ("max(max(s), mean(s) + 3 * std(s)) of the image scores s of the normal "
+                   "validation images (validation/good), which are not in the statistics")
 
 
 def split_holdout(files, fraction, seed, max_hold=MAX_HOLDOUT):
@@ -122,19 +127,32 @@ def score_holdout(detector, gauss, held, batch_size, ignore=None):
     return np.concatenate(scores), vmin, stats_s
 
 
-def holdout_record(scores, files, vmin, rule=THRESHOLD_RULE):
-    """(threshold record, display range) from held-out image scores."""
+def holdout_record(scores, files, vmin, rule=THRESHOLD_RULE, source="holdout"):
+    """(threshold record, display range) from the image scores of normal images that were not
+    in the statistics when scored (held out, or validation images)."""
     threshold = threshold_rule(scores) if len(scores) else None
     display = {"vmin": vmin if len(scores) else None,
                "vmax": vmin + 2.0 * (threshold - vmin) if len(scores) else None}
     return {"image": threshold, "pixel": threshold, "n_holdout": len(files), "rule": rule,
-            "holdout_scores": [float(v) for v in scores],
+            "source": source, "holdout_scores": [float(v) for v in scores],
             "holdout_files": [os.path.basename(f) for f in files]}, display
 
 
-def fit_category(data_path, category, cfg, backbone, cache_dir, group=None):
-    """Fit one category; the embeddings come from ``cfg.engine`` (graphs cached in
-    ``cache_dir``).
+def score_files(embed, detector, gauss, files, preprocess, batch_size, desc, ignore=None):
+    """Image scores of normal ``files`` under the Gaussian of the images seen so far, batch by
+    batch (none is kept, none is added); return (scores, smallest map value, seconds of
+    statistics)."""
+    scores, vmin, stats_s = [], np.inf, 0.0
+    for y in embed_files(embed, files, preprocess, batch_size, desc):
+        s, v, t = score_holdout(detector, gauss, y, batch_size, ignore)
+        scores.append(s)
+        vmin, stats_s = min(vmin, v), stats_s + t
+    return np.concatenate(scores) if scores else np.zeros(0), vmin, stats_s
+
+
+def fit_category(data, cfg, backbone, cache_dir, group=None):
+    """Fit one category (``datasets.samples.CategoryData``); the embeddings come from
+    ``cfg.engine`` (graphs cached in ``cache_dir``).
 
     With a ``pipeline.distributed.Group`` of several ranks, each rank embeds its shard of the
     fitted images, rank 0 also the held-out ones; the sums (one common shift) are added over the
@@ -146,7 +164,9 @@ def fit_category(data_path, category, cfg, backbone, cache_dir, group=None):
     """
     start = time.perf_counter()
     group = group or Group()
-    files = MVTecCategory(data_path, category).train_files()
+    category = data.name
+    files = data.require_train()
+    validation = list(data.validation)
     group.check_same("list of training images or fit flags",
                      {"files": [(os.path.basename(f), os.path.getsize(f)) for f in files],
                       "config": asdict(cfg)})
@@ -159,7 +179,8 @@ def fit_category(data_path, category, cfg, backbone, cache_dir, group=None):
     n_pos = detector.n_positions
     batch = batch_for(cfg.batch_size, preprocess.input_hw)
     max_hold = max(1, min(MAX_HOLDOUT, HOLDOUT_BYTES // (n_pos * cfg.k * 4)))
-    fit_files, hold_files = split_holdout(files, cfg.holdout, cfg.seed, max_hold)
+    fit_files, hold_files = split_holdout(files, 0.0 if validation else cfg.holdout, cfg.seed,
+                                          max_hold)
     logger.info("%s: %dx%d patch grid, %s, %d Gaussians of k=%d (%.2f GB of statistics)",
                 category, *detector.grid_hw,
                 "one Gaussian per position" if cell == 1 else f"{cell}x{cell} cells",
@@ -185,11 +206,17 @@ def fit_category(data_path, category, cfg, backbone, cache_dir, group=None):
                     len(shard), len(files))
         return None
     finalize_s, scores, vmin = 0.0, [], None
-    if hold_files:
-        scores, vmin, finalize_s = score_holdout(detector, gauss, held, batch, ignore)
-        gauss.partial_fit(held)
-        del held
-    threshold_record, display = holdout_record(scores, hold_files, vmin)
+    if validation:
+        scores, vmin, finalize_s = score_files(embed, detector, gauss, validation, preprocess,
+                                               batch, f"validation {category}", ignore)
+        threshold_record, display = holdout_record(scores, validation, vmin, VALIDATION_RULE,
+                                                   "validation")
+    else:
+        if hold_files:
+            scores, vmin, finalize_s = score_holdout(detector, gauss, held, batch, ignore)
+            gauss.partial_fit(held)
+            del held
+        threshold_record, display = holdout_record(scores, hold_files, vmin)
     t = time.perf_counter()
     gauss.finalize()
     finalize_s += time.perf_counter() - t
@@ -201,7 +228,8 @@ def fit_category(data_path, category, cfg, backbone, cache_dir, group=None):
         "geometry": dict(preprocess.config(), **geometry), "eps": cfg.eps,
         "grid": list(detector.grid_hw), "cell": cell, "n_cells": detector.n_cells,
         "feature_dim": int(w.shape[0]), "category": category,
-        "data_path": os.path.abspath(data_path),
+        "data_path": data.record.get("data_path") or os.path.abspath(data.root),
+        "data": data.record,
         "n_train": len(files), "weights_source": backbone.weights_source,
         "weights_sha256": backbone.weights_sha256,
         "threshold": threshold_record, "image_sizes": _image_sizes(files),
@@ -213,10 +241,11 @@ def fit_category(data_path, category, cfg, backbone, cache_dir, group=None):
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "fit_seconds": round(elapsed, 3),
         "finalize_seconds": round(finalize_s, 3),
     }
-    logger.info("%s: fitted on %d images (%d held out for the threshold) in %.1f s "
-                "(%.1f img/s; embeddings by %s); statistics loops: %s", category, len(files),
-                len(hold_files), elapsed, len(files) / elapsed, engine,
-                _describe_linalg(meta["linalg"]))
+    logger.info("%s: fitted on %d images (%s) in %.1f s (%.1f img/s; embeddings by %s); "
+                "statistics loops: %s", category, len(files),
+                f"threshold from {len(validation)} validation images" if validation else
+                f"{len(hold_files)} held out for the threshold", elapsed,
+                len(files) / elapsed, engine, _describe_linalg(meta["linalg"]))
     arrays = {"projection": w, "mean": gauss.mean_, "precision": gauss.precision_}
     if ignore is not None:
         arrays["ignore"] = ignore.astype(np.uint8)

@@ -7,22 +7,8 @@ import numpy as np
 
 from utils import write_csv
 
-METRIC_COLUMNS = ["image_auroc", "pixel_auroc", "au_pro", "paper_pro", "paper_roc"]
-VERDICT_COLUMNS = ["threshold", "precision", "recall", "f1", "fpr", "tp", "fp", "fn", "tn"]
-COUNT_COLUMNS = ["n_test", "n_defect", "n_pixel_images", "tp", "fp", "fn", "tn"]
-TYPE_COLUMNS = ["category", "defect", "n", "n_mask", "image_auroc", "recall", "mean_score"]
-IMAGE_COLUMNS = ["path", "defect", "label", "has_mask", "score", "verdict"]
-
-
-def mean_row(rows):
-    """Means of the metrics, sums of the counts (over the categories that have them)."""
-    out = {"category": "mean"}
-    for col in METRIC_COLUMNS + VERDICT_COLUMNS + COUNT_COLUMNS + ["fit_seconds",
-                                                                   "eval_seconds"]:
-        vals = [r[col] for r in rows if r.get(col) is not None]
-        if vals and col != "threshold":
-            out[col] = int(np.sum(vals)) if col in COUNT_COLUMNS else float(np.mean(vals))
-    return out
+from .tables import (COUNT_COLUMNS, IMAGE_COLUMNS, TYPE_COLUMNS, VERDICT_COLUMNS,
+                     mean_row, metric_columns)
 
 
 def _cell(v, width=12):
@@ -47,7 +33,7 @@ def results_table(rows):
     """The metrics table (with a mean row), undefined values as n/a; the image counts behind
     the image metrics (n_test) and the pixel metrics (n_pixel_images)."""
     cols = ["category"] + [c for c in ("n_test", "n_pixel_images") if any(c in r for r in rows)]
-    cols += [c for c in METRIC_COLUMNS if any(c in r for r in rows)]
+    cols += metric_columns(rows)
     return _table(rows + [mean_row(rows)], cols, {"n_test": 6, "n_pixel_images": 14})
 
 
@@ -105,7 +91,7 @@ class RunResults:
         if not self.summary:
             return
         cols = ["category"] + [c for c in COUNT_COLUMNS[:3] if any(c in r for r in self.rows)]
-        cols += [c for c in METRIC_COLUMNS + VERDICT_COLUMNS
+        cols += [c for c in metric_columns(self.rows) + VERDICT_COLUMNS
                  if any(c in r for r in self.rows) and c not in cols]
         cols += [c for c in ("unscored_defect_frac", "n_train", "fit_seconds", "eval_seconds")
                  if any(c in r for r in self.rows)]

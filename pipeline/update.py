@@ -17,15 +17,15 @@ import time
 
 import paddle
 
-from datasets.mvtec import MVTecCategory
 from datasets.transforms import image_size
 from models import linalg
 from models.device_gaussian import DeviceGaussian
 from models.gaussian import PatchGaussian, pack_state, unpack_state
 from utils import UserError
 
-from .fit import (HOLDOUT_BYTES, MAX_HOLDOUT, THRESHOLD_RULE, embed_files, embed_holdout,
-                  score_holdout, split_holdout, threshold_rule)
+from .fit import (HOLDOUT_BYTES, MAX_HOLDOUT, THRESHOLD_RULE, VALIDATION_RULE, embed_files,
+                  embed_holdout, holdout_record, score_files, score_holdout, split_holdout,
+                  threshold_rule)
 from .geometry import batch_for
 from .graphs import embedder
 from .model import Model
@@ -48,17 +48,20 @@ def _check_sizes(model, files):
                             "fit a new model")
 
 
-def update_category(model, data_path, category, batch_size=16, holdout=0.1, seed=0,
-                    engine="auto", stats="auto", cache_dir=None):
-    """Fold ``data_path/category/train/good`` into ``model`` (a ``pipeline.model.Model``
-    fitted with --save_sums); return the updated Model (not yet saved)."""
+def update_category(model, data, batch_size=16, holdout=0.1, seed=0, engine="auto",
+                    stats="auto", cache_dir=None):
+    """Fold the normal training images of ``data`` (``datasets.samples.CategoryData``) into
+    ``model`` (a ``pipeline.model.Model`` fitted with --save_sums); return the updated Model
+    (not yet saved). Where ``data`` has validation images, the threshold is set on them again
+    under the updated statistics."""
     start = time.perf_counter()
     meta, arrays = dict(model.meta), dict(model.arrays)
     if "sums_s2_upper" not in arrays:
         raise UserError(f"model '{model.path}' was fitted without its sums, so it cannot take "
                         "new images: fit it again with train.py --save_sums (or fit on all the "
                         "images)")
-    files = MVTecCategory(data_path, category).train_files(minimum=1)
+    category = data.name
+    files = data.require_train(minimum=1)
     _check_sizes(model, files)
     detector, pre = model.detector, model.preprocess
     on_device = stats == "device" or (stats == "auto" and
@@ -68,12 +71,16 @@ def update_category(model, data_path, category, batch_size=16, holdout=0.1, seed
     gauss.load_state(unpack_state(arrays, meta["sums"]["n_images"]))
     batch = batch_for(batch_size, pre.input_hw)
     max_hold = max(1, min(MAX_HOLDOUT, HOLDOUT_BYTES // (detector.n_positions * meta["k"] * 4)))
-    fit_files, hold_files = split_holdout(files, holdout, seed, max_hold)
+    fit_files, hold_files = split_holdout(files, 0.0 if data.validation else holdout, seed,
+                                          max_hold)
     embed, used = embedder(engine, detector, cache_dir, linalg.n_threads())
     for y in embed_files(embed, fit_files, pre, batch, f"update {category}"):
         gauss.partial_fit(y)
     old = meta.get("threshold") or {}
-    scores, vmin = list(old.get("holdout_scores") or []), (meta.get("display") or {}).get("vmin")
+    # a calibration keeps the hold-out record it replaced under "holdout"
+    prior = (old.get("holdout") or {}) if old.get("source") == "calibration" else old
+    scores, vmin = list(prior.get("holdout_scores") or []), \
+        (meta.get("display") or {}).get("vmin")
     if hold_files:
         held = embed_holdout(embed, hold_files, pre, batch, category)
         new_scores, new_vmin, _ = score_holdout(detector, gauss, held, batch, model.ignore)
@@ -81,23 +88,30 @@ def update_category(model, data_path, category, batch_size=16, holdout=0.1, seed
         vmin = new_vmin if vmin is None else min(vmin, new_vmin)
         gauss.partial_fit(held)
         del held
-    gauss.finalize()
     if old.get("source") == "calibration":
         logger.warning("%s: the calibrated thresholds no longer fit the updated statistics; the "
                        "hold-out rule replaces them: run calibrate.py again", category)
-    threshold = threshold_rule(scores) if scores else None
-    meta["threshold"] = {"image": threshold, "pixel": threshold,
-                         "n_holdout": len(scores), "rule": THRESHOLD_RULE + " (the model's "
-                         "earlier held-out images and those held out of each update)",
-                         "holdout_scores": scores,
-                         "holdout_files": list(old.get("holdout_files") or []) +
-                         [os.path.basename(f) for f in hold_files]}
-    meta["display"] = {"vmin": vmin, "vmax": None if threshold is None or vmin is None else
-                       vmin + 2.0 * (threshold - vmin)}
+    if data.validation:
+        v_scores, v_min, _ = score_files(embed, detector, gauss, data.validation, pre, batch,
+                                         f"validation {category}", model.ignore)
+        meta["threshold"], meta["display"] = holdout_record(v_scores, data.validation, v_min,
+                                                            VALIDATION_RULE, "validation")
+    else:
+        threshold = threshold_rule(scores) if scores else None
+        meta["threshold"] = {"image": threshold, "pixel": threshold,
+                             "n_holdout": len(scores), "rule": THRESHOLD_RULE + " (the model's "
+                             "earlier held-out images and those held out of each update)",
+                             "source": "holdout", "holdout_scores": scores,
+                             "holdout_files": list(prior.get("holdout_files") or []) +
+                             [os.path.basename(f) for f in hold_files]}
+        meta["display"] = {"vmin": vmin, "vmax": None if threshold is None or vmin is None else
+                           vmin + 2.0 * (threshold - vmin)}
+    gauss.finalize()
+    threshold = meta["threshold"]["image"]
     meta["n_train"] = int(meta["n_train"]) + len(files)
     meta["sums"] = dict(meta["sums"], n_images=gauss.n_samples_seen_)
     meta.setdefault("updates", []).append({
-        "data_path": os.path.abspath(data_path), "n_images": len(files),
+        "data_path": os.path.abspath(data.root), "layout": data.layout, "n_images": len(files),
         "n_holdout": len(hold_files), "engine": used,
         "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "seconds": round(time.perf_counter() - start, 3)})

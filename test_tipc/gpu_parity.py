@@ -12,7 +12,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 import paddle  # noqa: E402
 
-from datasets.mvtec import MVTecCategory  # noqa: E402
+from datasets import mvtec  # noqa: E402
 from datasets.synthetic import generate  # noqa: E402
 from datasets.transforms import load_rgb  # noqa: E402
 from pipeline.backbones import get_backbone  # noqa: E402
@@ -26,11 +26,12 @@ def main():
     for device, stats in (("cpu", "cpu"), ("gpu", "device")):
         paddle.set_device(device)
         cfg = FitConfig(k=100, engine="dygraph", stats=stats)
-        models[device] = fit_category(work, "brick", cfg, get_backbone("resnet18", False, None, 0),
+        models[device] = fit_category(mvtec.read(work, "brick"), cfg,
+                                      get_backbone("resnet18", False, None, 0),
                                       os.path.join(work, "graphs"))
     a, b = models["gpu"].arrays, models["cpu"].arrays
     rel = {n: float(np.abs(a[n] - b[n]).max() / np.abs(b[n]).max()) for n in ("mean", "precision")}
-    samples = MVTecCategory(work, "brick").test_samples()
+    samples = mvtec.read(work, "brick").require_test()
     x = np.stack([models["cpu"].preprocess.image(load_rgb(s.path)) for s in samples])
     maps = {}
     for device in ("cpu", "gpu"):

@@ -18,28 +18,29 @@ python=$(v 3 python) || exit 2
 gpu_list=$(v 4 gpu_list) || exit 2
 train_use_gpu=$(m 5 --use_gpu) || exit 2
 data_path=$(m 6 --data_path) || exit 2
-category=$(m 7 --category) || exit 2
-save_path=$(m 8 --save_path) || exit 2
-train_batch=$(m 9 --batch_size) || exit 2
-resize=$(m 10 --resize) || exit 2
-crop_size=$(m 11 --crop_size) || exit 2
-input_size=$(m 12 --input_size) || exit 2
-pretrained=$(m 13 --pretrained) || exit 2
-trainer=$(v 15 trainer) || exit 2
-norm_train=$(v 16 norm_train) || exit 2
-eval_cmd=$(v 19 eval) || exit 2
-export_dir=$(m 22 --save_dir) || exit 2
-norm_export=$(v 23 norm_export) || exit 2
-export_formats=$(v 24 --format) || exit 2
-inference=$(v 26 inference) || exit 2
-infer_use_gpu=$(v 27 --use_gpu) || exit 2
-infer_mkldnn=$(v 28 --enable_mkldnn) || exit 2
-infer_threads=$(v 29 --cpu_threads) || exit 2
-infer_batch=$(v 30 --batch_size) || exit 2
-infer_precision=$(v 31 --precision) || exit 2
-infer_input=$(m 32 --input_file) || exit 2
-infer_benchmark=$(v 33 --enable_benchmark) || exit 2
-[ "$trainer" == "norm_train" ] || { echo "test_tipc: error: $FILENAME line 15: trainer '$trainer' is not supported; use norm_train" >&2; exit 2; }
+data_format=$(m 7 --data_format) || exit 2
+category=$(m 8 --category) || exit 2
+save_path=$(m 9 --save_path) || exit 2
+train_batch=$(m 10 --batch_size) || exit 2
+resize=$(m 11 --resize) || exit 2
+crop_size=$(m 12 --crop_size) || exit 2
+input_size=$(m 13 --input_size) || exit 2
+pretrained=$(m 14 --pretrained) || exit 2
+trainer=$(v 16 trainer) || exit 2
+norm_train=$(v 17 norm_train) || exit 2
+eval_cmd=$(v 20 eval) || exit 2
+export_dir=$(m 23 --save_dir) || exit 2
+norm_export=$(v 24 norm_export) || exit 2
+export_formats=$(v 25 --format) || exit 2
+inference=$(v 27 inference) || exit 2
+infer_use_gpu=$(v 28 --use_gpu) || exit 2
+infer_mkldnn=$(v 29 --enable_mkldnn) || exit 2
+infer_threads=$(v 30 --cpu_threads) || exit 2
+infer_batch=$(v 31 --batch_size) || exit 2
+infer_precision=$(v 32 --precision) || exit 2
+infer_input=$(m 33 --input_file) || exit 2
+infer_benchmark=$(v 34 --enable_benchmark) || exit 2
+[ "$trainer" == "norm_train" ] || { echo "test_tipc: error: $FILENAME line 16: trainer '$trainer' is not supported; use norm_train" >&2; exit 2; }
 
 LOG_PATH="./test_tipc/output/${model_name}"
 mkdir -p "$LOG_PATH"
@@ -61,7 +62,7 @@ run_step() {   # run_step NAME COMMAND...
 gpu_available() { $python -c "import paddle,sys; sys.exit(0 if paddle.device.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0 else 1)" 2>/dev/null; }
 
 # geometry: 'auto' leaves a flag out (the model chooses; see README "Input geometry")
-data_args="--data_path=${data_path} --category=${category} --save_path=${save_path}"
+data_args="--data_path=${data_path} --data_format=${data_format} --category=${category} --save_path=${save_path}"
 [ "$resize" == "auto" ] || data_args+=" --resize=${resize}"
 [ "$crop_size" == "auto" ] || data_args+=" --crop_size=${crop_size}"
 [ "$input_size" == "auto" ] || data_args+=" --input_size ${input_size}"
@@ -69,7 +70,7 @@ echo "TIPC ${model_name} ${MODE}: logs in ${LOG_PATH}"
 
 # ---- train (+ eval)
 run_step train "$python $norm_train $data_args --batch_size=${train_batch} --pretrained=${pretrained}"
-run_step eval "$python $eval_cmd --data_path=${data_path} --category=${category} --save_path=${save_path}"
+run_step eval "$python $eval_cmd --data_path=${data_path} --data_format=${data_format} --category=${category} --save_path=${save_path}"
 
 # ---- export (each format) and inference (Paddle Inference for paddle, ONNX Runtime for onnx)
 IFS='|' read -r -a formats <<< "$export_formats"

@@ -60,7 +60,7 @@ def _case_missing_data(base, tmp):
 
 def _case_empty_data(base, tmp):
     (tmp / "empty").mkdir()
-    return _train(tmp / "empty", tmp), "no category folder with train/good"
+    return _train(tmp / "empty", tmp), "no known data layout"
 
 
 def _case_unknown_category(base, tmp):
@@ -77,7 +77,7 @@ def _case_empty_train_good(base, tmp):
     data, cat = _copy(base, tmp)
     for f in (cat / "train" / "good").iterdir():
         f.unlink()
-    return _train(data, tmp), "holds 0 image(s)"
+    return _train(data, tmp), "holds 0 normal training image(s)"
 
 
 def _case_calibration_without_good(base, tmp):

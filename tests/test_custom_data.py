@@ -47,17 +47,17 @@ def test_masks_are_optional_and_the_images_behind_each_metric_are_counted(fitted
     row = rows[0]
     assert (row["n_test"], row["n_defect"], row["n_pixel_images"]) == (12, 8, 10)
     import tifffile
-    from datasets.mvtec import MVTecCategory
+    from datasets import mvtec
     from datasets.transforms import load_mask
     labels, scores, px_masks, px_maps = [], [], [], []
-    for s in MVTecCategory(str(data), "gravel").test_samples():
+    for s in mvtec.read(str(data), "gravel").test:
         stem = os.path.splitext(os.path.basename(s.path))[0]
         m = tifffile.imread(tmp_path / "maps" / "gravel" / "test" / s.defect / f"{stem}.tiff")
         labels.append(s.label)
         scores.append(m.max())
-        if s.label == 0 or s.mask_path:
+        if s.label == 0 or s.has_mask:
             px_maps.append(m.ravel())
-            px_masks.append((load_mask(s.mask_path) > 127).ravel() if s.mask_path else
+            px_masks.append((load_mask(s.masks[0]) > 127).ravel() if s.has_mask else
                             np.zeros(m.size, bool))
     assert row["image_auroc"] == pytest.approx(roc_auc_score(labels, scores), abs=1e-9)
     assert row["pixel_auroc"] == pytest.approx(

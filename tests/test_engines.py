@@ -16,6 +16,7 @@ from models.orthoad import OrthoAD
 from models.projection import make_projection
 from pipeline import graphs
 from pipeline.backbones import get_backbone
+from datasets import mvtec
 from pipeline.fit import FitConfig, fit_category
 from utils import model_path
 
@@ -65,8 +66,9 @@ def test_whole_fit_statistics_equal_dygraph(engine, demo_root, tmp_path):
     bb = get_backbone("resnet18", False, None, 0)
     fits = {}
     for eng in ("dygraph", engine):
-        model = fit_category(demo_root, "gravel", FitConfig(k=8, resize=128, crop_size=128,
-                                                            engine=eng), bb, str(tmp_path))
+        model = fit_category(mvtec.read(demo_root, "gravel"),
+                             FitConfig(k=8, resize=128, crop_size=128, engine=eng), bb,
+                             str(tmp_path))
         assert model.meta["engine"] == eng
         fits[eng] = model.arrays
     a, b = fits[engine], fits["dygraph"]
@@ -83,7 +85,7 @@ def test_device_statistics_path_gives_the_cpu_model(demo_root, tmp_path):
     fits = {}
     for stats in ("cpu", "device"):
         cfg = FitConfig(k=8, resize=128, crop_size=128, engine="dygraph", stats=stats, cell=2)
-        model = fit_category(demo_root, "gravel", cfg, bb, str(tmp_path))
+        model = fit_category(mvtec.read(demo_root, "gravel"), cfg, bb, str(tmp_path))
         assert model.meta["statistics"].startswith(stats)
         fits[stats] = model
     a, b = fits["device"], fits["cpu"]

@@ -96,7 +96,7 @@ def test_centre_crop_of_rectangles_is_reported_not_hidden(rect_root, tmp_path, c
     import tifffile
     from sklearn.metrics import roc_auc_score
 
-    from datasets.mvtec import MVTecCategory
+    from datasets import mvtec
     from datasets.transforms import load_mask
     save = str(tmp_path / "m")
     with caplog.at_level("WARNING"):
@@ -111,13 +111,13 @@ def test_centre_crop_of_rectangles_is_reported_not_hidden(rect_root, tmp_path, c
         "--data_path", rect_root, "--category", "brick", "--k", "6", "--save_path", save,
         "--eval_size", "original", "--save_maps", str(tmp_path / "maps"), "--eval_PRO"]))[0]
     maps, masks, outside, defect = [], [], 0, 0
-    for s in MVTecCategory(rect_root, "brick").test_samples():
+    for s in mvtec.read(rect_root, "brick").test:
         stem = os.path.splitext(os.path.basename(s.path))[0]
         m = tifffile.imread(tmp_path / "maps" / "brick" / "test" / s.defect / f"{stem}.tiff")
         assert m.shape == (64, 128)
         assert np.isnan(m[:, :32]).all() and np.isnan(m[:, 96:]).all()
         assert np.isfinite(m[:, 32:96]).all()
-        gt = load_mask(s.mask_path) > 127 if s.mask_path else np.zeros((64, 128), bool)
+        gt = load_mask(s.masks[0]) > 127 if s.has_mask else np.zeros((64, 128), bool)
         outside += gt[:, :32].sum() + gt[:, 96:].sum()
         defect += gt.sum()
         maps.append(m)

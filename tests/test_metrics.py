@@ -230,3 +230,86 @@ def test_image_verdicts_equal_scikit_learn_and_brute_force():
     t = metrics.fpr_threshold(scores[~labels], 0.1)
     assert (scores[~labels] > t).mean() <= 0.1
     assert metrics.best_f1_threshold(np.zeros(5, bool), scores[:5]) == (None, None)
+
+
+def test_seg_f1_equals_scikit_learn_on_the_binarised_pixels():
+    """SegF1 (MVTec AD 2): F1 of map > threshold over all pixels pooled, unscored ones left
+    out; oracle: sklearn's f1_score on the flattened binarised maps."""
+    from sklearn.metrics import f1_score
+    gts, maps = official_case(1, 0.5, 2)
+    maps = maps.astype(np.float32)
+    maps[2, :3, :5] = np.nan                         # unscored pixels leave both counts
+    ps = metrics.PixelSet.from_maps(gts, maps)
+    keep = np.isfinite(maps)
+    for thr in (0.3, 0.75, float(np.nanmedian(maps)), 1.2):
+        want = f1_score(gts[keep].ravel(), maps[keep].ravel() > thr)
+        assert ps.f1_at(thr) == pytest.approx(want, abs=1e-12)
+    assert metrics.PixelSet.from_maps(np.zeros_like(gts), maps).f1_at(0.5) is None
+
+
+def _spro_long_way(good_maps, regions, limit):
+    """AU-sPRO written from its definition: every distinct score a threshold, FPR over the
+    normal images' pixels (float32, as the official AU-PRO), sPRO the mean over the regions of
+    min(#pixels >= t / saturation, 1); trapezoids with the value interpolated at the limit."""
+    good = np.concatenate([m.ravel() for m in good_maps])
+    scores = np.unique(np.concatenate([good] + [s for s, _ in regions]))[::-1]
+    f, p = [0.0], [0.0]
+    for t in scores:
+        f.append(float(np.float32((good >= t).sum()) / np.float32(good.size)))
+        p.append(np.mean([min((s >= t).sum() / sat, 1.0) for s, sat in regions]))
+    f, p = np.minimum(np.array(f + [1.0]), 1.0), np.minimum(np.array(p + [1.0]), 1.0)
+    area = 0.0
+    for i in range(1, len(f)):
+        if f[i] > limit:
+            at = p[i - 1] + (p[i] - p[i - 1]) * (limit - f[i - 1]) / (f[i] - f[i - 1])
+            return (area + 0.5 * (at + p[i - 1]) * (limit - f[i - 1])) / limit
+        area += 0.5 * (p[i] + p[i - 1]) * (f[i] - f[i - 1])
+    return area / limit
+
+
+def test_spro_hand_computed_case():
+    """Normal pixels 1..4; region A (scores 10, 5) saturates at 1 pixel, region B (9, 0.5) at 2.
+    The curve holds sPRO 0.75 from FPR 0 to 1: the area is 0.75 at any limit."""
+    ps = metrics.PixelSet(16)
+    ps.add(np.array([[1.0, 2.0], [3.0, 4.0]]), np.zeros((2, 2), bool))
+    amap = np.array([[10.0, 5.0], [9.0, 0.5]])
+    ps.add_regions(amap, [np.array([[1, 1], [0, 0]], bool), np.array([[0, 0], [1, 1]], bool)],
+                   [(1, False), (2, False)])
+    assert ps.au_pro(0.5) == pytest.approx(0.75, abs=1e-12)
+    assert ps.au_pro(1.0) == pytest.approx(0.75, abs=1e-12)
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_spro_equals_the_definition_written_the_long_way(seed):
+    """Random maps with ties, overlapping and disconnected regions, absolute and relative
+    saturations: the streamed implementation against the loop over thresholds."""
+    rng = np.random.default_rng(seed)
+    goods = [np.round(rng.random((12, 10)), 2) for _ in range(3)]
+    ps, regions = metrics.PixelSet(0), []
+    for g in goods:
+        ps.add(g, np.zeros(g.shape, bool))
+    for _ in range(3):
+        amap = np.round(rng.random((12, 10)) + 0.3, 2)
+        masks = [rng.random((12, 10)) < 0.15 for _ in range(2)]
+        sats = [(float(rng.integers(2, 30)), False), (float(rng.uniform(0.2, 1.0)), True)]
+        ps.add_regions(amap, masks, sats)
+        for m, (v, rel) in zip(masks, sats):
+            n = int(m.sum())
+            regions.append((amap[m], v * n if rel else min(v, n)))
+    for limit in (0.05, 0.3, 1.0):
+        assert ps.au_pro(limit) == pytest.approx(_spro_long_way(goods, regions, limit),
+                                                 abs=1e-9)
+
+
+def test_spro_with_full_saturation_is_pro_over_the_given_regions():
+    """Relative saturation 1 on the connected components gives the official AU-PRO when the
+    defect images' background pixels are added as normal pixels."""
+    from scipy import ndimage
+    gts, maps = official_case(1, 0.5, None)
+    ps = metrics.PixelSet(0)
+    for g, m in zip(gts, maps):
+        ps.add(np.where(g, np.nan, m), np.zeros(g.shape, bool))
+        lab, k = ndimage.label(g, structure=np.ones((3, 3)))
+        if k:
+            ps.add_regions(m, [lab == i for i in range(1, k + 1)], [(1.0, True)] * k)
+    assert ps.au_pro(0.3) == pytest.approx(OFFICIAL["C"][1][0], abs=1e-6)

@@ -24,9 +24,10 @@ def _broken(tmp_path, lineno, new_line):
 
 @pytest.mark.parametrize("lineno,line,expected", [
     (4, "gpu_lsit:0", "line 4: expected key 'gpu_list'"),
-    (7, "--category:whole_train_whole_infer=carpet", "line 7: no value for mode"),
-    (29, "--cpu_thread:1|2", "line 29: expected key '--cpu_threads'"),
-    (24, "--formats:paddle|onnx", "line 24: expected key '--format'"),
+    (8, "--category:whole_train_whole_infer=carpet", "line 8: no value for mode"),
+    (7, "--data_fromat:auto", "line 7: expected key '--data_format'"),
+    (30, "--cpu_thread:1|2", "line 30: expected key '--cpu_threads'"),
+    (25, "--formats:paddle|onnx", "line 25: expected key '--format'"),
 ])
 def test_broken_config_line_is_named(tmp_path, lineno, line, expected):
     r = _run("test_train_inference_python.sh", _broken(tmp_path, lineno, line))

@@ -1,0 +1,136 @@
+"""Loading images and masks for the pipeline: threaded prefetch of batches, and a labelled
+sample's image with its ground truth (one mask, the union of several, or MVTec LOCO's defect
+channels), checked against the image's size."""
+import logging
+import os
+import queue
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+
+from utils import UserError
+
+from .samples import MASK_NONZERO
+from .transforms import load_mask, load_rgb
+
+logger = logging.getLogger(__name__)
+_WARNED = set()
+
+
+@dataclass
+class TestItem:
+    """A labelled sample loaded for scoring.
+
+    Attributes:
+        x: float32 [3, H, W] network input.
+        mask: bool [H, W] defect pixels at the input geometry.
+        original_hw: (H0, W0) of the image file.
+        mask_orig: uint8 [H0, W0] defect pixels at the original size (255 = defect).
+        channels: MVTec LOCO only: [(pixel value, bool [H0, W0])] one per ground-truth file.
+    """
+    x: np.ndarray
+    mask: np.ndarray
+    original_hw: tuple
+    mask_orig: np.ndarray
+    channels: list = None
+
+
+def read_mask(path, rule, image_hw=None):
+    """A mask file -> bool [H0, W0] of its defect pixels under ``rule``; UserError if its size
+    differs from ``image_hw``."""
+    m = load_mask(path)
+    if image_hw is not None and m.shape != tuple(image_hw):
+        raise UserError(f"mask '{path}' is {m.shape[1]}x{m.shape[0]} but its image is "
+                        f"{image_hw[1]}x{image_hw[0]}: fix the mask")
+    if rule == MASK_NONZERO:
+        return m > 0
+    defect = m > 127
+    if not defect.any() and m.any() and path not in _WARNED:
+        _WARNED.add(path)
+        logger.warning("mask '%s' has non-zero pixels but none above 127, so it marks no defect "
+                       "in this layout; if your masks mark defects with small values (1, 2, ...) "
+                       "as VisA's do, use --data_format visa or rescale them to 255", path)
+    return defect
+
+
+def read_channel(path, image_hw):
+    """One MVTec LOCO ground-truth file -> (its pixel value, bool [H0, W0])."""
+    m = load_mask(path)
+    if m.shape != tuple(image_hw):
+        raise UserError(f"mask '{path}' is {m.shape[1]}x{m.shape[0]} but its image is "
+                        f"{image_hw[1]}x{image_hw[0]}: fix the mask")
+    values = np.unique(m[m > 0])
+    if len(values) > 1:
+        raise UserError(f"ground-truth file '{path}' holds several defect values "
+                        f"({', '.join(map(str, values[:4]))}): MVTec LOCO marks one defect per "
+                        "file with one pixel value; split it into one file per defect")
+    return (int(values[0]) if len(values) else 0), m > 0
+
+
+def load_test_item(sample, preprocess, channels=False):
+    """Sample -> ``TestItem``; all-zero masks for normal images and for defect images without a
+    mask. ``channels``: also return MVTec LOCO's ground-truth files one by one."""
+    rgb = load_rgb(sample.path)
+    hw = rgb.shape[:2]
+    defect = np.zeros(hw, dtype=bool)
+    chans = [] if channels else None
+    for path in sample.masks:
+        if channels:
+            value, m = read_channel(path, hw)
+            chans.append((value, m))
+        else:
+            m = read_mask(path, sample.mask_rule, hw)
+        defect |= m
+    mask_orig = defect.astype(np.uint8) * 255
+    return TestItem(preprocess.image(rgb), preprocess.mask(mask_orig), hw, mask_orig, chans)
+
+
+def decoding_threads():
+    """Threads that decode and resize images: half the CPUs this process may use, 2 to 16 (a
+    16-core GPU host decodes with 8, so that the GPU is not input-bound)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cpus = os.cpu_count() or 2
+    return min(16, max(2, cpus // 2))
+
+
+def prefetch_batches(items, load, batch_size, workers=None, lookahead=2):
+    """Yield lists of ``load(item)`` results, batch by batch, loaded by background threads
+    (``decoding_threads`` by default).
+
+    PIL decoding and resizing release the GIL, so loading overlaps the backbone's forward pass.
+    At most ``lookahead`` batches wait in memory.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+    workers = workers or decoding_threads()
+    chunks = [items[i:i + batch_size] for i in range(0, len(items), batch_size)]
+    out = queue.Queue(maxsize=lookahead)
+    stop = threading.Event()
+
+    def producer(pool):
+        try:
+            for chunk in chunks:
+                if stop.is_set():
+                    return
+                out.put(("ok", list(pool.map(load, chunk))))
+        except BaseException as exc:  # forwarded to the consumer, re-raised there
+            out.put(("error", exc))
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        thread = threading.Thread(target=producer, args=(pool,), daemon=True)
+        thread.start()
+        try:
+            for _ in chunks:
+                kind, value = out.get()
+                if kind == "error":
+                    raise value
+                yield value
+        finally:
+            stop.set()
+            while thread.is_alive():
+                try:
+                    out.get_nowait()
+                except queue.Empty:
+                    thread.join(0.05)
