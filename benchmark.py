@@ -106,7 +106,7 @@ def _worker(task_json):
     _TASK.update(task)
     import cli
     from datasets import mvtec
-    from modelfile import load_model
+    from modelfile import load_checked
     from pipeline import model as models_io
     from pipeline.backbones import get_backbone
     from pipeline.evaluate import EvalOptions, evaluate_category
@@ -146,7 +146,7 @@ def _worker(task_json):
                     "input_size": model.meta["input_size"]})
         out["save_s"] = _timed(lambda: model.save(path))
         del model
-        out["load_s"] = _timed(lambda: load_model(path))
+        out["load_s"] = _timed(lambda: load_checked(path))
         if kind == "fit":
             out["backbone_after_s"] = _backbone_pass(files, size, batch)
         out["fit_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

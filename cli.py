@@ -75,7 +75,8 @@ def add_model_args(parser, fitting):
         parser.add_argument("--cell", type=str, default="auto",
                             help="side of the blocks of patch positions that share one Gaussian: "
                                  "auto (1, or the smallest that keeps the statistics under 4.5 GB "
-                                 "at high resolution) or N")
+                                 "at high resolution; a rectangle where no square divides the "
+                                 "grid), N, or HxW")
         parser.add_argument("--eps", type=float, default=0.01, help="covariance ridge")
         parser.add_argument("--holdout", type=float, default=0.1,
                             help="fraction of train/good (at most 32 images) held out to "
@@ -176,11 +177,6 @@ def apply_threads(args):
     return linalg.n_threads()
 
 
-def graph_cache(folder):
-    """Where a run keeps the engines' graphs (built once, reused by later categories and runs)."""
-    return os.path.join(folder, "graphs")
-
-
 def run_info(args, weights_source, engine=None):
     """Facts about a run for the report's header."""
     info = {"command": " ".join(os.path.basename(a) if i == 0 else a
@@ -213,6 +209,5 @@ def open_model(args, verb):
     threads = apply_threads(args)
     model = models_io.load(path, expect, args.weights)
     if getattr(args, "engine", None):
-        model.use_engine(args.engine, graph_cache(os.path.dirname(os.path.abspath(path))),
-                         threads)
+        model.use_engine(args.engine, None, threads)
     return model, path

@@ -56,7 +56,7 @@ def main(args):
         path = args.model_path or model_path(args.save_path, args.method, args.arch, args.k,
                                              category)
         model = models_io.load(path, expect, args.weights)
-        model.use_engine(args.engine, cli.graph_cache(out_dir), threads)
+        model.use_engine(args.engine, None, threads)
         if results is None:
             results = RunResults(out_dir, args.report,
                                  cli.run_info(args, model.meta["weights_source"], model.engine))

@@ -21,10 +21,12 @@ import numpy as np
 from utils import ArgumentParser, UserError, positive_int, run_cli, sha256_file  # first
 from datasets.transforms import Preprocess, list_inputs, load_rgb  # noqa: E402
 from modelfile import is_pickle  # noqa: E402
-from outputs import (PredictionWriter, apply_ignore, combine, decode_mask,  # noqa: E402
-                     load_ignore_mask)
+from outputs import PredictionWriter, apply_ignore, combine, load_ignore_mask  # noqa: E402
 from pipeline.engines import (OnnxRuntimeGraph, PaddleInferenceGraph,  # noqa: E402
                               map_and_score)
+from schema import check_deploy, decode_mask  # noqa: E402
+
+MAX_DEPLOY_BYTES = 64 << 20
 
 logger = logging.getLogger("infer")
 
@@ -91,25 +93,31 @@ def read_deploy(args):
         if path and is_pickle(path):
             raise UserError(f"{flag} '{path}' is a Python pickle, which could run code when "
                             "loaded: pass the files that export_model.py writes")
+    if os.path.getsize(stats) > MAX_DEPLOY_BYTES:
+        raise UserError(f"'{stats}' is {os.path.getsize(stats)} bytes, far more than a "
+                        "deploy.json of export_model.py: pass the deploy.json of the export")
     try:
         with open(stats, encoding="utf-8") as fh:
             deploy = json.load(fh)
-        Preprocess.from_config(deploy["preprocess"])
-        deploy["input_size"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         raise UserError(f"'{stats}' is not a deploy.json of export_model.py "
                         f"({type(exc).__name__}): export the model again") from None
+    check_deploy(stats, deploy)
+    if _is_onnx(args.model_file) != (deploy["format"] == "onnx"):
+        raise UserError(f"'{stats}' describes a {deploy['format']} export, not "
+                        f"'{args.model_file}': pass the deploy.json exported with it")
     if _is_onnx(args.model_file):
         if params:
             raise UserError(f"an ONNX model takes no --params_file, and '{params}' belongs to "
                             "another export: leave --params_file out")
-        checks = [(args.model_file, deploy.get("graph_sha256"))]
-        if deploy.get("data_file"):
-            checks.append((os.path.join(folder, deploy["data_file"]), deploy.get("data_sha256")))
+        checks = [(args.model_file, deploy["graph_sha256"])]
+        if deploy.get("data_file"):          # a plain file name beside the graph (schema)
+            checks.append((os.path.join(folder, deploy["data_file"]), deploy["data_sha256"]))
     else:
-        checks = [(params, deploy.get("params_sha256"))]
-    for path, digest in checks:
-        if digest is None or not os.path.isfile(path) or sha256_file(path) != digest:
+        checks = [(args.model_file, deploy["graph_sha256"]),
+                  (params, deploy["params_sha256"])]
+    for path, digest in checks:                        # every file the engine will load
+        if not os.path.isfile(path) or sha256_file(path) != digest:
             raise UserError(f"'{stats}' does not belong to '{path}' (SHA-256 differs): use the "
                             "deploy.json exported with these files")
     if args.category and args.category != deploy["model"].get("category"):
@@ -140,7 +148,8 @@ def main(args):
                      load_ignore_mask(args.ignore_mask, pre) if args.ignore_mask else None)
     runner = make_runner(args, deploy)
     writer = PredictionWriter(args.save_path, pre, (threshold, pixel_threshold), deploy, ignore,
-                              args.save_pic, args.save_outputs)
+                              args.save_pic, args.save_outputs, files=files,
+                              table=os.path.isdir(args.input_file) or len(files) > 1)
     t_pre = t_inf = t_post = 0.0
     for start in range(0, len(files), args.batch_size):
         batch = files[start:start + args.batch_size]
@@ -160,7 +169,7 @@ def main(args):
         t_post += time.perf_counter() - t2
         t_pre += t1 - t0
         t_inf += t2 - t1
-    writer.finish(os.path.isdir(args.input_file))
+    writer.finish()
     if args.enable_benchmark:
         n = len(files)
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -382,17 +382,21 @@ def paper_pro_roc(masks, maps, n_thresholds=1000, pro_limit=0.3):
     Thresholds are the 1000 descending quantiles of the one map holding the global maximum;
     FPR is the mean over images of per-image false positive rates; PRO the mean over defective
     images of their mean region overlap; ROC uses the mean per-image true positive rate.
+    Unscored (NaN) pixels are left out everywhere, as by the other pixel metrics.
 
     Returns:
         (pro, roc) floats, or (None, None) without defective or normal pixels.
     """
     masks = np.asarray(masks).astype(bool)
     maps = np.asarray(maps, dtype=np.float64)
-    n, h, w = maps.shape
-    if not masks.any() or masks.all():
+    scored = np.isfinite(maps)
+    n = maps.shape[0]
+    if not (masks & scored).any() or not (~masks & scored).any():
         return None, None
-    values = np.sort(maps[int(np.argmax(maps.reshape(n, -1).max(axis=1)))].ravel())
-    p = h * w
+    peaks = np.where(scored, maps, -np.inf).reshape(n, -1).max(axis=1)
+    top = int(np.argmax(peaks))
+    values = np.sort(maps[top][scored[top]])
+    p = values.size
     idx = [max(1, (p * i) // n_thresholds) - 1 for i in range(n_thresholds, 0, -1)]
     thr = values[idx]                                    # descending thresholds
 
@@ -400,14 +404,16 @@ def paper_pro_roc(masks, maps, n_thresholds=1000, pro_limit=0.3):
         return len(sorted_scores) - np.searchsorted(sorted_scores, thr, side="right")
 
     fprs, tprs, pros = [], [], []
-    for m, s in zip(masks, maps):
-        if (~m).any():
-            fprs.append(above(np.sort(s[~m])) / (~m).sum())
-        if m.any():
-            tprs.append(above(np.sort(s[m])) / m.sum())
+    for m, s, f in zip(masks, maps, scored):
+        ok, bad = ~m & f, m & f
+        if ok.any():
+            fprs.append(above(np.sort(s[ok])) / ok.sum())
+        if bad.any():
+            tprs.append(above(np.sort(s[bad])) / bad.sum())
             lab, k = ndimage.label(m, structure=_EIGHT_CONNECTED)
-            pros.append(np.mean([above(np.sort(s[lab == c])) / (lab == c).sum()
-                                 for c in range(1, k + 1)], axis=0))
+            regions = [(lab == c) & f for c in range(1, k + 1)]
+            pros.append(np.mean([above(np.sort(s[r])) / r.sum() for r in regions if r.any()],
+                                axis=0))
     fpr, tpr, pro = np.mean(fprs, axis=0), np.mean(tprs, axis=0), np.mean(pros, axis=0)
     return _slope_area(fpr, pro, pro_limit), _slope_area(fpr, tpr, 1.0)
 

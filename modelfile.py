@@ -19,12 +19,14 @@ given with ``--weights`` (``paddle.save`` state dicts).
 """
 import io
 import json
+import math
 import os
 import pickle
 import struct
 
 import numpy as np
 
+from schema import ModelFileError, check_meta, check_model
 from utils import UserError, atomic_path, hugepage_empty
 
 FORMAT_NAME = "orthoad-paddle model"
@@ -37,10 +39,6 @@ DTYPES = {"F32": np.float32, "F64": np.float64, "I32": np.int32, "I64": np.int64
           "U8": np.uint8, "BOOL": np.bool_}
 _CODES = {np.dtype(v): k for k, v in DTYPES.items()}
 _MAX_HEADER = 64 << 20
-
-
-class ModelFileError(UserError):
-    """A model file that cannot be used (missing, truncated, foreign, legacy or too new)."""
 
 
 # --------------------------------------------------------------------------- raw tensor files
@@ -85,22 +83,28 @@ def read_header(path):
             raise _bad(path, "header length out of range")
         try:
             header = json.loads(fh.read(n).decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
+        except (UnicodeDecodeError, ValueError, RecursionError):
             raise _bad(path, "header is not JSON") from None
     if not isinstance(header, dict):
         raise _bad(path, "header is not a JSON object")
     meta = header.pop("__metadata__", {}) or {}
     if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
         raise _bad(path, "metadata is not a map of strings")
-    entries, expected = {}, 0
-    for name, info in sorted(header.items(), key=lambda kv: _offsets(kv[1])[0]):
+    parsed = []
+    for name, info in header.items():
         try:
             dtype = np.dtype(DTYPES[info["dtype"]])
-            shape = tuple(int(s) for s in info["shape"])
-            begin, end = _offsets(info)
-        except (KeyError, TypeError, ValueError):
-            raise _bad(path, f"entry '{name}' is malformed") from None
-        if begin != expected or end - begin != dtype.itemsize * int(np.prod(shape)) or \
+            shape = tuple(_whole(s) for s in info["shape"])
+            begin, end = (_whole(v) for v in info["data_offsets"])
+            if len(info["data_offsets"]) != 2:
+                raise ValueError
+        except (KeyError, TypeError, ValueError, IndexError):
+            raise _bad(path, f"entry '{name}' is malformed (dtype, shape and data_offsets "
+                             "expected)") from None
+        parsed.append((begin, name, dtype, shape, end))
+    entries, expected = {}, 0
+    for begin, name, dtype, shape, end in sorted(parsed, key=lambda e: (e[0], e[1])):
+        if begin != expected or end - begin != dtype.itemsize * math.prod(shape) or \
                 min(shape, default=0) < 0:
             raise _bad(path, f"entry '{name}' has inconsistent offsets")
         entries[name] = (dtype, shape, begin, end)
@@ -112,9 +116,11 @@ def read_header(path):
     return meta, entries, start
 
 
-def _offsets(info):
-    begin, end = info["data_offsets"]
-    return int(begin), int(end)
+def _whole(v):
+    """A JSON integer (not a bool, not a float, not a string)."""
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ValueError(v)
+    return v
 
 
 def read_tensors(path, names=None):
@@ -184,14 +190,22 @@ def load_model(path, expect=None, names=None):
     if file_meta.get("format") != FORMAT_NAME or "meta" not in file_meta:
         raise ModelFileError(f"'{path}' is not an OrthoAD-Paddle model file: fit one with "
                              "train.py")
-    version = int(file_meta.get("format_version", "0"))
+    try:
+        version = int(file_meta.get("format_version", "0"))
+    except ValueError:
+        raise _bad(path, "its format version is not a number") from None
     if version > FORMAT_VERSION:
         raise ModelFileError(f"model file '{path}' has format version {version}, newer than "
                              f"this code's {FORMAT_VERSION}: update OrthoAD-Paddle")
     missing = [n for n in REQUIRED_ARRAYS if n not in arrays and (names is None or n in names)]
     if missing:
         raise ModelFileError(f"model file '{path}' lacks {', '.join(missing)}: fit it again")
-    meta = json.loads(file_meta["meta"])
+    try:
+        meta = json.loads(file_meta["meta"])
+    except (ValueError, RecursionError):
+        raise _bad(path, "its metadata is not JSON") from None
+    if not isinstance(meta, dict):
+        raise _bad(path, "its metadata is not a JSON object")
     for key, value in (expect or {}).items():
         if value is not None and meta.get(key) != value:
             raise ModelFileError(f"model file '{path}' was made with {key}={meta.get(key)}, not "
@@ -199,9 +213,19 @@ def load_model(path, expect=None, names=None):
     return meta, arrays
 
 
+def load_checked(path, expect=None, names=None):
+    """``load_model`` and then every value checked against the schema (``schema.check_model``):
+    how the scripts open a model they will use."""
+    meta, arrays = load_model(path, expect, names)
+    check_model(path, meta, arrays)
+    return meta, arrays
+
+
 def read_meta(path):
-    """A model file's metadata only (its arrays are not read), checked like ``load_model``."""
-    return load_model(path, names=())[0]
+    """A model file's metadata only (its arrays are not read), checked against the schema."""
+    meta = load_model(path, names=())[0]
+    check_meta(path, meta)
+    return meta
 
 
 # --------------------------------------------------------------------------- pickles, safely

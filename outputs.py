@@ -96,11 +96,6 @@ def encode_mask(mask):
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def decode_mask(text):
-    """base64 PNG text -> bool [H, W]."""
-    return np.asarray(Image.open(io.BytesIO(base64.b64decode(text))).convert("L")) > 127
-
-
 # --------------------------------------------------------------------------- MVTec AD 2 server form
 
 MAPS = "anomaly_images"
@@ -118,7 +113,7 @@ def server_arrays(full, pixel_threshold):
     return m, mask
 
 
-def write_server_map(root, category, split, image_path, full, pixel_threshold):
+def write_server_map(root, category, split, image_path, full, pixel_threshold, stem=None):
     """Write one image's original-size map as float16 TIFF (and its mask binarised at the
     pixel threshold, 0 / 255 PNG) in the form the MVTec AD 2 evaluation server accepts:
     ``<root>/anomaly_images/<category>/<split>/<stem>.tiff`` and
@@ -127,7 +122,7 @@ def write_server_map(root, category, split, image_path, full, pixel_threshold):
     pixels become the image's smallest score and scores above float16's 65504 are clipped:
     the server expects finite maps."""
     import tifffile
-    stem = os.path.splitext(os.path.basename(image_path))[0]
+    stem = stem or os.path.splitext(os.path.basename(image_path))[0]
     amap, mask = server_arrays(full, pixel_threshold)
     path = os.path.join(ensure_dir(os.path.join(root, MAPS, category, split)), f"{stem}.tiff")
     with atomic_path(path) as tmp:
@@ -172,10 +167,10 @@ def prediction_record(path, full_map, score, threshold, pixel_threshold):
             "unscored_pixels": int(np.isnan(full_map).sum()), "regions": found}, mask
 
 
-def write_outputs(out_dir, record, mask):
+def write_outputs(out_dir, record, mask, stem=None):
     """<out_dir>/masks/<stem>.png (0 / 255 at the original size) and
     <out_dir>/regions/<stem>.json; return their paths."""
-    stem = os.path.splitext(os.path.basename(record["image"]))[0]
+    stem = stem or os.path.splitext(os.path.basename(record["image"]))[0]
     mask_path = os.path.join(ensure_dir(os.path.join(out_dir, "masks")), f"{stem}.png")
     with atomic_path(mask_path) as tmp:
         Image.fromarray(mask.astype(np.uint8) * 255).save(tmp, format="PNG")
@@ -187,7 +182,10 @@ def write_outputs(out_dir, record, mask):
 class PredictionWriter:
     """The per-image outputs of predict.py and infer.py, from any engine: the figure
     (``save_pic``), the original-size mask PNG and regions JSON (``save_outputs``), and the
-    folder's predictions.csv.
+    folder's predictions.csv, written row by row as the images go (``utils.CsvLog``).
+
+    Outputs are named by the image's file stem; two inputs with the same stem (a.png, a.jpg)
+    get ``<stem>_<extension>`` (a_png, a_jpg), so that neither overwrites the other.
 
     Args:
         out_dir: output folder.
@@ -195,17 +193,23 @@ class PredictionWriter:
         thresholds: (image threshold, pixel threshold), either may be None.
         display: the model's / deploy.json's metadata holding the display range.
         ignore: bool [H, W] ignored pixels, or None.
+        files: every input file, to name outputs uniquely; table: write predictions.csv.
     """
 
     CSV_COLUMNS = ["path", "score", "verdict", "n_regions", "largest_region_area"]
 
     def __init__(self, out_dir, preprocess, thresholds, display, ignore=None, save_pic=True,
-                 save_outputs=True, server_maps=None):
+                 save_outputs=True, server_maps=None, files=(), table=False):
         self.out_dir, self.pre, self.display, self.ignore = out_dir, preprocess, display, ignore
         self.threshold, self.pixel_threshold = thresholds
         self.save_pic, self.save_outputs = save_pic, save_outputs
         self.server_maps = server_maps          # (root, category, split) or None
+        self.names = unique_stems(files)
         self.rows = []
+        self._table = None
+        if table:
+            from utils import CsvLog
+            self._table = CsvLog(os.path.join(out_dir, "predictions.csv"), self.CSV_COLUMNS)
 
     def add(self, path, x, original_hw, amap, score):
         """One image: x the network input [3, H, W], amap its map [H, W] (NaN: ignored)."""
@@ -215,27 +219,45 @@ class PredictionWriter:
                                          self.pixel_threshold)
         row = {k: record[k] for k in ("score", "verdict", "n_regions", "largest_region_area")}
         row.update(path=path, map=amap)
+        name = self.names.get(path) or os.path.splitext(os.path.basename(path))[0]
         if self.save_outputs:
-            row["mask"], row["regions"] = write_outputs(self.out_dir, record, mask)
+            row["mask"], row["regions"] = write_outputs(self.out_dir, record, mask, name)
         if self.server_maps:
             root, category, split = self.server_maps
             row["server_map"] = write_server_map(root, category, split, path, full,
-                                                 self.pixel_threshold)
+                                                 self.pixel_threshold, name)
         if self.save_pic:
             vmin, vmax = visualize.display_range(self.display, amap)
             row["picture"] = visualize.save_prediction(
-                self.out_dir, path, self.pre.unnormalise(x), amap, float(score), self.threshold,
+                self.out_dir, name, self.pre.unnormalise(x), amap, float(score), self.threshold,
                 vmin, vmax, self.pixel_threshold)
         self.rows.append(row)
+        if self._table is not None:
+            self._table.add(row)
         print(f"{path}\tscore {row['score']:.4f}\t{row['verdict']}\t{row['n_regions']} "
               "region(s)")
         return row
 
-    def finish(self, folder):
-        """Write predictions.csv for a folder (or several images); return its path or None."""
-        if not folder and len(self.rows) < 2:
-            return None
-        from utils import write_csv
-        path = os.path.join(self.out_dir, "predictions.csv")
-        write_csv(path, self.rows, self.CSV_COLUMNS)
-        return path
+    def finish(self):
+        """Close predictions.csv (if written); return its path or None."""
+        return None if self._table is None else self._table.close()
+
+
+def unique_stems(files):
+    """{path: output name}: the file's stem, or ``<stem>_<extension>`` where two files share a
+    stem (a.png and a.jpg), with a counter if that still clashes."""
+    by_stem = {}
+    for f in files:
+        by_stem.setdefault(os.path.splitext(os.path.basename(f))[0], []).append(f)
+    names, used = {}, set()
+    for stem, paths in by_stem.items():
+        for f in paths:
+            name = stem if len(paths) == 1 else \
+                f"{stem}_{os.path.splitext(f)[1].lstrip('.').lower() or 'noext'}"
+            base, i = name, 1
+            while name in used:
+                i += 1
+                name = f"{base}_{i}"
+            used.add(name)
+            names[f] = name
+    return names

@@ -58,8 +58,9 @@ def main(args):
     if threshold is None:
         logger.warning("the model has no threshold (fitted with --holdout 0): verdicts are "
                        "'unknown'; pass --threshold")
+    name = os.path.splitext(os.path.basename(path))[0]     # the file's name, not its contents
     out_dir = args.output or os.path.join(os.path.dirname(os.path.abspath(path)), "predict",
-                                          model.meta["category"])
+                                          name)
     pre = model.preprocess
     if args.ignore_mask:
         model.extra_ignore = load_ignore_mask(args.ignore_mask, pre)
@@ -67,8 +68,8 @@ def main(args):
         args.input if os.path.isdir(args.input) else os.path.dirname(args.input))))
     writer = PredictionWriter(out_dir, pre, (threshold, pixel_threshold), model.meta,
                               model.ignore, args.save_pic, args.save_outputs,
-                              (args.save_maps, model.meta["category"], split)
-                              if args.save_maps else None)
+                              (args.save_maps, name, split) if args.save_maps else None,
+                              files, os.path.isdir(args.input) or len(files) > 1)
     aspect = AspectWarnings(pre, limit=10)
 
     def load(f):
@@ -81,7 +82,7 @@ def main(args):
             aspect.check(f, hw)
             writer.add(f, x, hw, amap, float(score))
     aspect.close(f"the {len(files)} images")
-    csv_path = writer.finish(os.path.isdir(args.input))
+    csv_path = writer.finish()
     if csv_path:
         print(f"{len(files)} images; table in {csv_path}")
     if args.save_pic or args.save_outputs:

@@ -1,6 +1,8 @@
 """Shared helpers: user-facing errors, strict CLI parsing, atomic file writes, logging."""
 import argparse
 import contextlib
+import csv
+import io
 import hashlib
 import json
 import logging
@@ -177,16 +179,45 @@ def write_json(path, obj):
     write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+def _csv_cells(row, columns):
+    return [f"{v:.6f}" if isinstance(v, float) else ("" if v is None else str(v))
+            for v in (row.get(c, "") for c in columns)]
+
+
 def write_csv(path, rows, columns):
-    """Write dict rows as CSV (atomic); floats with 6 decimals, missing values empty."""
-    lines = [",".join(columns)]
-    for row in rows:
-        cells = []
-        for c in columns:
-            v = row.get(c, "")
-            cells.append(f"{v:.6f}" if isinstance(v, float) else str(v))
-        lines.append(",".join(cells))
-    write_text(path, "\n".join(lines) + "\n")
+    """Write dict rows as CSV (atomic; the csv module quotes commas, quotes and newlines in
+    values); floats with 6 decimals, missing values empty."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(columns)
+    writer.writerows(_csv_cells(row, columns) for row in rows)
+    write_text(path, buf.getvalue())
+
+
+class CsvLog:
+    """A CSV written row by row as work goes (flushed each row) to ``<path>.partial``, renamed to
+    ``path`` by ``close``: a crash keeps the rows done so far in the .partial file and leaves any
+    earlier ``path`` intact."""
+
+    def __init__(self, path, columns):
+        self.path, self.columns = path, columns
+        self.partial = path + ".partial"
+        ensure_dir(os.path.dirname(os.path.abspath(path)))
+        self._fh = open(self.partial, "w", newline="", encoding="utf-8")
+        self._writer = csv.writer(self._fh, lineterminator="\n")
+        self._writer.writerow(columns)
+        self._fh.flush()
+
+    def add(self, row):
+        self._writer.writerow(_csv_cells(row, self.columns))
+        self._fh.flush()
+
+    def close(self):
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self._fh.close()
+        os.replace(self.partial, self.path)
+        return self.path
 
 
 # --------------------------------------------------------------------------- files

@@ -83,10 +83,8 @@ def verdict(score, threshold):
     return "anomalous" if score > threshold else "normal"
 
 
-def save_prediction(out_dir, image_path, image, amap, score, threshold, vmin, vmax,
+def save_prediction(out_dir, name, image, amap, score, threshold, vmin, vmax,
                     pixel_threshold=None):
-    """Write the figure of one prediction as <out_dir>/<stem>.png; return the picture's path."""
-    stem = os.path.splitext(os.path.basename(image_path))[0]
-    return plot_result(os.path.join(out_dir, f"{stem}.png"), image, amap, score, threshold,
-                       vmin, vmax, title=os.path.basename(image_path),
-                       pixel_threshold=pixel_threshold)
+    """Write the figure of one prediction as <out_dir>/<name>.png; return the picture's path."""
+    return plot_result(os.path.join(out_dir, f"{name}.png"), image, amap, score, threshold,
+                       vmin, vmax, title=name, pixel_threshold=pixel_threshold)

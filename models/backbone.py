@@ -18,18 +18,21 @@ from paddle.vision import models as vision_models
 
 from utils import UserError
 
+from .archs import CHANNELS, feature_dim as _feature_dim
+
 logger = logging.getLogger(__name__)
 
 # arch name -> (constructor, channels of layer1, layer2, layer3)
 ARCHS = {
-    "resnet18": (vision_models.resnet18, (64, 128, 256)),
-    "wide_resnet50_2": (vision_models.wide_resnet50_2, (256, 512, 1024)),
+    "resnet18": (vision_models.resnet18, CHANNELS["resnet18"]),
+    "wide_resnet50_2": (vision_models.wide_resnet50_2, CHANNELS["wide_resnet50_2"]),
 }
 
 
 def feature_dim(arch):
     """Number of channels F of the concatenated embedding of ``arch``."""
-    return sum(get_arch(arch)[1])
+    get_arch(arch)
+    return _feature_dim(arch)
 
 
 def get_arch(arch):
@@ -50,6 +53,10 @@ def _build_resnet(arch, pretrained, state, source, seed):
         if missing:
             raise UserError(f"the weights {source} do not fit {arch}: {len(missing)} "
                             f"parameters missing (e.g. '{missing[0]}'); pass the weights of {arch}")
+        bad = _mismatch(net, state)
+        if bad:
+            raise UserError(f"the weights {source} do not fit {arch}: {bad}; pass the weights "
+                            f"of {arch}")
         net.set_state_dict({k: v for k, v in state.items() if k not in unexpected})
         return net, source
     if pretrained:
@@ -65,6 +72,18 @@ def _build_resnet(arch, pretrained, state, source, seed):
     paddle.seed(seed)
     net = ctor(pretrained=False)
     return net, f"random:seed={seed}"
+
+
+def _mismatch(net, state):
+    """The first tensor whose shape or dtype differs from the network's (Paddle's
+    set_state_dict only warns and leaves it random), described; None if all match."""
+    for name, t in net.state_dict().items():
+        given = np.asarray(state[name])
+        want_dtype = str(t.dtype).replace("paddle.", "")
+        if tuple(given.shape) != tuple(t.shape) or given.dtype.name != want_dtype:
+            return (f"'{name}' is {given.dtype.name} {list(given.shape)}, the network needs "
+                    f"{want_dtype} {list(t.shape)}")
+    return None
 
 
 def _check_state(net, state):

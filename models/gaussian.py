@@ -31,19 +31,28 @@ from utils import UserError
 from . import linalg
 
 
+def cell_shape(cell):
+    """(ch, cw) of a cell given as a side c (square) or as a pair."""
+    if np.isscalar(cell):
+        return int(cell), int(cell)
+    ch, cw = cell
+    return int(ch), int(cw)
+
+
 def cell_members(grid_hw, cell):
-    """Positions of each cell: int64 [C, c*c], cells and their members in row-major order.
+    """Positions of each cell: int64 [C, ch*cw], cells and their members in row-major order.
 
     Args:
-        grid_hw: (h, w) of the patch grid; both must be multiples of ``cell``.
-        cell: side c of the square blocks of positions that share a Gaussian.
+        grid_hw: (h, w) of the patch grid; h must be a multiple of ch, w of cw.
+        cell: side c of the square blocks of positions that share a Gaussian, or (ch, cw).
     """
     h, w = grid_hw
-    if h % cell or w % cell:
-        raise UserError(f"the {h}x{w} patch grid does not divide into {cell}x{cell} cells: "
-                        "choose --cell dividing both grid sides (input side / 4)")
-    pos = np.arange(h * w, dtype=np.int64).reshape(h // cell, cell, w // cell, cell)
-    return np.ascontiguousarray(pos.transpose(0, 2, 1, 3).reshape(-1, cell * cell))
+    ch, cw = cell_shape(cell)
+    if h % ch or w % cw:
+        raise UserError(f"the {h}x{w} patch grid does not divide into {ch}x{cw} cells: "
+                        "choose --cell dividing the grid sides (input side / 4)")
+    pos = np.arange(h * w, dtype=np.int64).reshape(h // ch, ch, w // cw, cw)
+    return np.ascontiguousarray(pos.transpose(0, 2, 1, 3).reshape(-1, ch * cw))
 
 
 class PatchGaussian:

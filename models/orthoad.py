@@ -11,7 +11,7 @@ import numpy as np
 import paddle
 import paddle.nn as nn
 
-from .gaussian import cell_members, mahalanobis
+from .gaussian import cell_members, cell_shape, mahalanobis
 from .postprocess import AnomalyMapHead
 
 
@@ -24,7 +24,7 @@ class OrthoAD(nn.Layer):
         input_size: (H, W) of the network input (an int for a square).
         mean, precision: optional Gaussian [C, k] and [C, k, k]; set later by ``set_gaussian``.
         cell: side of the square blocks of grid positions that share one Gaussian (1: one per
-            position, C = h*w).
+            position, C = h*w), or (ch, cw) for rectangular blocks.
     """
 
     def __init__(self, backbone, projection, input_size, mean=None, precision=None, cell=1):
@@ -46,10 +46,12 @@ class OrthoAD(nn.Layer):
         # ceil: stride-2 conv1, then stride-2 max-pool
         self.grid_hw = (-(-self.input_hw[0] // 4), -(-self.input_hw[1] // 4))
         self.n_positions = self.grid_hw[0] * self.grid_hw[1]
-        self.cell = int(cell)
-        self.members = cell_members(self.grid_hw, self.cell)                 # [C, c*c]
+        ch, cw = cell_shape(cell)
+        self.cell = ch if ch == cw else (ch, cw)                  # as stored in model files
+        self.cell_size = ch * cw                                  # positions per Gaussian
+        self.members = cell_members(self.grid_hw, (ch, cw))                  # [C, ch*cw]
         self.n_cells = len(self.members)
-        if self.cell > 1:
+        if self.cell_size > 1:
             order = self.members.reshape(-1)
             self.register_buffer("cell_order", paddle.to_tensor(order))
             self.register_buffer("cell_inverse", paddle.to_tensor(np.argsort(order)))

@@ -5,6 +5,7 @@ import os
 import numpy as np
 
 from modelfile import read_tensors, safe_unpickle
+from schema import trusted_path
 from models.backbone import Backbone
 from utils import UserError
 
@@ -59,7 +60,9 @@ def backbone_for_meta(meta, weights=None):
     elif source.startswith("imagenet"):
         bb = get_backbone(meta["arch"], True)
     elif source.startswith("file:"):
-        bb = get_backbone(meta["arch"], False, source[len("file:"):])
+        path = trusted_path(source[len("file:"):], "file",
+                            "pass --weights with the backbone weights the model was fitted with")
+        bb = get_backbone(meta["arch"], False, path)
     else:
         bb = get_backbone(meta["arch"], False, None, int(source.split("seed=")[1]))
     if bb.weights_sha256 != meta["weights_sha256"]:

@@ -159,13 +159,12 @@ def evaluate_samples(model, samples, category, opts, defects=None, layout=None):
         records.append({"path": sample.path, "defect": sample.defect, "label": sample.label,
                         "has_mask": sample.has_mask, "score": score,
                         "verdict": visualize.verdict(score, threshold)})
-        if sample.has_mask:
-            left, top, right, bottom = pre.scored_box(hw)
+        full = original_map(pre, amap, hw, model.ignore) \
+            if opts.maps_dir or opts.eval_size == "original" or sample.has_mask else None
+        if sample.has_mask:           # defect pixels outside the crop or under the ignore mask
             defect = mask_orig > 127
             defect_px += int(defect.sum())
-            unscored_px += int(defect.sum() - defect[top:bottom, left:right].sum())
-        full = original_map(pre, amap, hw, model.ignore) \
-            if opts.maps_dir or opts.eval_size == "original" else None
+            unscored_px += int((defect & ~np.isfinite(full)).sum())
         if spro is not None:
             spro.add(sample, item, full if opts.eval_size == "original" else amap)
         if in_pixels:
@@ -212,10 +211,11 @@ def evaluate_samples(model, samples, category, opts, defects=None, layout=None):
     row["eval_seconds"] = eval_s
     row["eval_img_per_s"] = len(samples) / eval_s
     if unscored_px:
-        logger.warning("%s: %.1f%% of the defect pixels (%d of %d) lie outside the centre crop: "
-                       "they are never scored and the pixel metrics leave them out; fit with "
-                       "--input_size auto or H W to score whole images", category,
-                       100.0 * unscored_px / defect_px, unscored_px, defect_px)
+        logger.warning("%s: %.1f%% of the defect pixels (%d of %d) lie outside the centre crop "
+                       "or under the ignore mask: they are never scored and the pixel metrics "
+                       "leave them out (fit with --input_size auto or H W to score whole "
+                       "images)", category, 100.0 * unscored_px / defect_px, unscored_px,
+                       defect_px)
     if opts.report:
         result.examples = {"false_positive": worst_fp.items(),
                            "false_negative": worst_fn.items()}

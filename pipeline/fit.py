@@ -20,11 +20,11 @@ from datasets.loading import prefetch_batches
 from datasets.transforms import image_size, load_rgb
 from models import linalg
 from models.device_gaussian import DeviceGaussian
-from models.gaussian import PatchGaussian, pack_state
+from models.gaussian import PatchGaussian, cell_shape, pack_state
 from models.orthoad import OrthoAD
 from models.projection import make_projection
 from outputs import apply_ignore, load_ignore_mask
-from utils import library_versions, progress
+from utils import UserError, library_versions, progress
 
 from .distributed import Group
 from .geometry import batch_for, choose, choose_cell, stats_bytes
@@ -54,6 +54,50 @@ class FitConfig:
     stats: str = "auto"
     ignore_mask: str = None
     save_sums: bool = False
+
+    @classmethod
+    def from_args(cls, args):
+        """The fit configuration of train.py's flags (the one place it is built)."""
+        from .geometry import parse_cell, parse_input_size
+        return cls(method=args.method, arch=args.arch, k=args.k, seed=args.seed,
+                   resize=args.resize, crop_size=args.crop_size, batch_size=args.batch_size,
+                   eps=args.eps, holdout=args.holdout,
+                   input_size=parse_input_size(args.input_size), cell=parse_cell(args.cell),
+                   engine=args.engine, stats=args.stats, ignore_mask=args.ignore_mask,
+                   save_sums=args.save_sums)
+
+    def request(self):
+        """What the user asked for that decides the model (stored in it; compared before a
+        fit replaces a model)."""
+        cell = self.cell if self.cell == "auto" or isinstance(self.cell, int) else \
+            list(self.cell)
+        size = self.input_size if self.input_size == "auto" else list(self.input_size)
+        return {"seed": self.seed, "eps": self.eps, "input_size": size, "resize": self.resize,
+                "crop_size": self.crop_size, "cell": cell}
+
+
+def check_replacement(path, cfg, backbone):
+    """UserError if ``path`` holds a model made differently (other input size, seed, weights,
+    cells or ridge) than ``cfg`` would make: a fit must not replace it silently."""
+    if not os.path.exists(path):
+        return
+    from modelfile import read_meta
+    fix = "pass --overwrite to replace it, or another --save_path"
+    try:
+        meta = read_meta(path)
+    except UserError as exc:
+        raise UserError(f"'{path}' exists and cannot be read ({str(exc).split(': ')[0]}): {fix}")\
+            from None
+    old = dict(meta.get("request") or {"seed": meta.get("seed"), "eps": meta.get("eps")})
+    new = cfg.request()
+    diffs = [f"{key} {old[key]!r} -> {new[key]!r}" for key in new
+             if key in old and old[key] != new[key]]
+    if meta.get("weights_sha256") != backbone.weights_sha256:
+        diffs.insert(0, f"backbone weights {meta.get('weights_source')} -> "
+                        f"{backbone.weights_source}")
+    if diffs:
+        raise UserError(f"'{path}' holds a model made with other settings ({'; '.join(diffs)}): "
+                        f"{fix}")
 
 
 MAX_HOLDOUT = 32          # held-out embeddings stay in memory until they join the sums: keep
@@ -138,6 +182,19 @@ def holdout_record(scores, files, vmin, rule=THRESHOLD_RULE, source="holdout"):
             "holdout_files": [os.path.basename(f) for f in files]}, display
 
 
+FEW_SCORES = 5
+
+
+def warn_few(category, n, kind):
+    """A threshold from fewer than ``FEW_SCORES`` normal images is a rough guess: say so."""
+    if 0 < n < FEW_SCORES:
+        logger.warning("%s: the threshold comes from only %d %s image(s) (%s): a rough guess; "
+                       "give more training images, a larger --holdout, or calibrate on labelled "
+                       "images (--calibration_dir)", category, n, kind,
+                       "with one image it is 1.1 x its score" if n == 1 else
+                       "max(max(s), mean(s) + 3 * std(s))")
+
+
 def score_files(embed, detector, gauss, files, preprocess, batch_size, desc, ignore=None):
     """Image scores of normal ``files`` under the Gaussian of the images seen so far, batch by
     batch (none is kept, none is added); return (scores, smallest map value, seconds of
@@ -183,12 +240,13 @@ def fit_category(data, cfg, backbone, cache_dir, group=None):
                                           max_hold)
     logger.info("%s: %dx%d patch grid, %s, %d Gaussians of k=%d (%.2f GB of statistics)",
                 category, *detector.grid_hw,
-                "one Gaussian per position" if cell == 1 else f"{cell}x{cell} cells",
+                "one Gaussian per position" if detector.cell_size == 1 else
+                "{}x{} cells".format(*cell_shape(cell)),
                 detector.n_cells, cfg.k, stats_bytes(detector.n_cells, cfg.k) / 1e9)
     on_device = cfg.stats == "device" or (cfg.stats == "auto" and
                                           paddle.device.get_device().startswith("gpu"))
     gaussian = DeviceGaussian if on_device else PatchGaussian
-    gauss = gaussian(eps=cfg.eps, members=detector.members if cell > 1 else None)
+    gauss = gaussian(eps=cfg.eps, members=detector.members if detector.cell_size > 1 else None)
     embed, engine = embedder(cfg.engine, detector, cache_dir, linalg.n_threads())
     shard = group.shard(fit_files, reserve=len(hold_files))
     batches = embed_files(embed, shard, preprocess, batch, f"fit {category}")
@@ -217,6 +275,7 @@ def fit_category(data, cfg, backbone, cache_dir, group=None):
             gauss.partial_fit(held)
             del held
         threshold_record, display = holdout_record(scores, hold_files, vmin)
+    warn_few(category, len(scores), "validation" if validation else "held-out")
     t = time.perf_counter()
     gauss.finalize()
     finalize_s += time.perf_counter() - t
@@ -226,7 +285,8 @@ def fit_category(data, cfg, backbone, cache_dir, group=None):
         "resize": preprocess.resize, "crop_size": preprocess.config()["crop_size"],
         "input_size": list(preprocess.input_hw),
         "geometry": dict(preprocess.config(), **geometry), "eps": cfg.eps,
-        "grid": list(detector.grid_hw), "cell": cell, "n_cells": detector.n_cells,
+        "grid": list(detector.grid_hw), "cell": detector.cell if np.isscalar(detector.cell)
+        else list(detector.cell), "n_cells": detector.n_cells,
         "feature_dim": int(w.shape[0]), "category": category,
         "data_path": data.record.get("data_path") or os.path.abspath(data.root),
         "data": data.record,
@@ -238,6 +298,7 @@ def fit_category(data, cfg, backbone, cache_dir, group=None):
         "display": display, "versions": library_versions(), "linalg": linalg.describe(),
         "cpu_threads": linalg.n_threads(), "engine": engine, "ranks": group.world,
         "statistics": "device (Paddle, float64)" if on_device else "cpu (BLAS / LAPACK)",
+        "request": cfg.request(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "fit_seconds": round(elapsed, 3),
         "finalize_seconds": round(finalize_s, 3),
     }

@@ -27,7 +27,6 @@ MIN_SIDE = 32
 AUTO_PIXELS = 256 * 256           # the pixel count of the MVTec protocol's input
 STATS_BUDGET = 4.5e9              # bytes of float64 sums + float32 precision (auto --cell)
 BATCH_PIXELS = 16 * 256 * 256     # input pixels per forward pass (caps --batch_size)
-CELLS = (1, 2, 4, 8, 16)
 
 
 def parse_input_size(values):
@@ -107,34 +106,54 @@ def choose(files, input_size="auto", resize=None, crop_size=None):
 
 
 def parse_cell(value):
-    """``--cell`` word -> 'auto' or a positive int."""
+    """``--cell`` word -> 'auto', a positive int (square cells) or (ch, cw) from 'HxW'."""
     if value in (None, "auto"):
         return "auto"
+    text = str(value).lower()
     try:
-        cell = int(value)
+        cell = tuple(int(v) for v in text.split("x")) if "x" in text else int(text)
     except ValueError:
         cell = 0
-    if cell < 1:
-        raise UserError(f"--cell {value} is malformed: use auto or a positive integer such as "
-                        "2 or 4")
+    sides = cell if isinstance(cell, tuple) else (cell,)
+    if len(sides) not in (1, 2) or min(sides) < 1:
+        raise UserError(f"--cell {value} is malformed: use auto, a positive integer such as 2 "
+                        "or 4, or HxW such as 8x12")
     return cell
 
 
-def choose_cell(grid_hw, k, cell="auto"):
-    """Side of the blocks of grid positions that share a Gaussian.
+MAX_CELL = 64
 
-    'auto': the smallest of 1, 2, 4, 8, 16 that divides both grid sides and keeps the float64
-    sums and float32 precision (12 * k^2 bytes per Gaussian) within ``STATS_BUDGET``.
+
+def _divisors(n):
+    return [d for d in range(1, min(n, MAX_CELL) + 1) if n % d == 0]
+
+
+def choose_cell(grid_hw, k, cell="auto"):
+    """The blocks of grid positions that share a Gaussian: a side c (square) or (ch, cw).
+
+    'auto': the smallest square c dividing both grid sides that keeps the float64 sums and
+    float32 precision (12 * k^2 bytes per Gaussian) within ``STATS_BUDGET``; where no square
+    divides both sides enough (a 2448 x 2048 frame: a 612 x 512 grid, whose common divisors are
+    1, 2 and 4), the rectangle ch x cw (ch dividing h, cw dividing w) of the smallest area that
+    fits, the most square of those.
     """
     h, w = grid_hw
+    fits = lambda ch, cw: (h // ch) * (w // cw) * 12.0 * k * k <= STATS_BUDGET  # noqa: E731
     if cell != "auto":
-        if h % cell or w % cell:
-            raise UserError(f"--cell {cell} does not divide the {h}x{w} patch grid: choose a "
-                            "divisor of both input sides / 4")
+        ch, cw = (cell, cell) if isinstance(cell, int) else cell
+        if h % ch or w % cw:
+            given = ch if isinstance(cell, int) else f"{ch}x{cw}"
+            raise UserError(f"--cell {given} does not divide the {h}x{w} patch grid: choose "
+                            "divisors of the input sides / 4")
         return cell
-    for c in CELLS:
-        if h % c == 0 and w % c == 0 and (h * w // (c * c)) * 12.0 * k * k <= STATS_BUDGET:
+    for c in _divisors(h):
+        if w % c == 0 and fits(c, c):
             return c
+    rects = [(ch * cw, abs(ch - cw), ch, cw) for ch in _divisors(h) for cw in _divisors(w)
+             if fits(ch, cw)]
+    if rects:
+        _, _, ch, cw = min(rects)
+        return ch if ch == cw else (ch, cw)
     raise UserError(f"the statistics of a {h}x{w} grid at k={k} do not fit in "
                     f"{STATS_BUDGET / 1e9:.1f} GB with any cell: reduce --input_size or --k")
 

@@ -7,13 +7,20 @@ Two run-time graphs:
   whole scoring graph with the Gaussian as INPUTS, so one graph serves every category of a run.
 
 Neither depends on a category: only on the backbone's weights, W (method, feature dim, k and
-seed), the input size and the cells. They are exported with ``paddle.jit.save`` (and converted by
-paddle2onnx for ONNX Runtime) into ``<cache>/<kind>-<key>-<format>/``, written to a temporary
-folder and renamed, and reused by later categories, runs and ranks with the same key.
+seed), the input size and the cells, and on the tools that made them (Paddle, and for ONNX
+paddle2onnx, onnx, ONNX Runtime and the opset). They are exported with ``paddle.jit.save`` (and
+converted by paddle2onnx for ONNX Runtime) into ``<cache>/<kind>-<key>-<format>/`` with a
+``manifest.json`` of the files' SHA-256, written to a temporary folder and renamed, and reused by
+later categories, runs, run folders and ranks with the same key. The cache is the user's
+(``default_cache``: ``$ORTHOAD_CACHE``, else ``$XDG_CACHE_HOME/orthoad-paddle/graphs``, else
+``~/.cache/orthoad-paddle/graphs``), so a new run folder converts nothing again. A folder whose
+manifest is missing or whose files do not match it (a killed build, a damaged disk) is rebuilt,
+with the reason logged.
 
 ``embedder`` and ``scorer`` return the callables the pipeline uses, on any engine; the dygraph
-engine runs the layer itself (the oracle, and the fallback when a graph cannot be built for
-``--engine auto``, with the reason logged).
+engine runs the layer itself (the oracle, and the fallback, with the reason logged, when a graph
+cannot be built or fails at run time under ``--engine auto``; an explicit engine that fails is a
+one-line error).
 """
 import contextlib
 import hashlib
@@ -22,30 +29,60 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 
 import numpy as np
 import paddle
 from paddle.static import InputSpec
 
 from models.orthoad import Embedder, GaussianScorer
-from utils import UserError, ensure_dir
+from utils import UserError, ensure_dir, sha256_file, write_json
 
 from . import engines
 
 logger = logging.getLogger(__name__)
 
-GRAPH_FORMAT = 1
+GRAPH_FORMAT = 2
 ONNX_OPSET = 17
+MANIFEST = "manifest.json"
+STALE_SECONDS = 3600          # temporary build folders older than this were left by a killed run
 
 
-def _key(kind, detector):
-    """What a run-time graph depends on (weights, W, input size, cells, k, Paddle), hashed."""
+class CacheError(UserError):
+    """The graph cache cannot be written (a full disk, no permission)."""
+
+
+def default_cache():
+    """The user's graph cache folder (``$ORTHOAD_CACHE`` overrides it)."""
+    if os.environ.get("ORTHOAD_CACHE"):
+        return os.environ["ORTHOAD_CACHE"]
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "orthoad-paddle", "graphs")
+
+
+def tool_versions(fmt):
+    """Versions of everything that makes a graph of format ``fmt`` (part of its key)."""
+    versions = {"paddle": paddle.__version__}
+    if fmt == "onnx":
+        import importlib.metadata as md
+        for name in ("paddle2onnx", "onnx", "onnxruntime"):
+            try:
+                versions[name] = md.version(name)
+            except md.PackageNotFoundError:
+                versions[name] = None
+        versions["opset"] = ONNX_OPSET
+    return versions
+
+
+def _key(kind, detector, fmt="paddle"):
+    """What a run-time graph depends on (weights, W, input size, cells, k, the tools and
+    their versions), hashed."""
     h = hashlib.sha256()
     w = np.concatenate([detector.w1.numpy(), detector.w2.numpy(), detector.w3.numpy()])
-    h.update(json.dumps({"kind": kind, "format": GRAPH_FORMAT, "paddle": paddle.__version__,
+    h.update(json.dumps({"kind": kind, "format": GRAPH_FORMAT, "tools": tool_versions(fmt),
                          "weights": detector.backbone.weights_sha256,
                          "input": list(detector.input_hw), "cell": detector.cell,
-                         "k": detector.k}).encode())
+                         "k": detector.k}, sort_keys=True).encode())
     h.update(np.ascontiguousarray(w).tobytes())
     return h.hexdigest()[:16]
 
@@ -116,16 +153,61 @@ def to_onnx(graph, params, onnx_file):
     return onnx_file
 
 
+def _problem(folder):
+    """Why a cached graph folder cannot be used (None if its files match its manifest)."""
+    path = os.path.join(folder, MANIFEST)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            files = json.load(fh)["files"]
+        if not isinstance(files, dict) or not files:
+            return "its manifest lists no files"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "it has no readable manifest (an interrupted build?)"
+    for name, digest in files.items():
+        f = os.path.join(folder, os.path.basename(name))
+        if not os.path.isfile(f):
+            return f"{name} is missing"
+        if sha256_file(f) != digest:
+            return f"{name} does not match its SHA-256 in the manifest"
+    return None
+
+
+def _clean_stale(cache_dir):
+    """Remove temporary build folders that a killed process left behind."""
+    now = time.time()
+    for d in os.listdir(cache_dir):
+        p = os.path.join(cache_dir, d)
+        if d.startswith(".") and os.path.isdir(p):
+            try:
+                if now - os.path.getmtime(p) > STALE_SECONDS:
+                    shutil.rmtree(p, ignore_errors=True)
+            except OSError:
+                pass
+
+
 def build(kind, detector, cache_dir, fmt="paddle"):
     """The folder of the ``kind`` graph of ``detector`` in ``fmt`` (paddle: model.json +
-    model.pdiparams; onnx: model.onnx), built if missing.
+    model.pdiparams; onnx: model.onnx), built if missing or broken.
 
-    A folder is complete once it exists (built in a temporary folder, then renamed) and never
-    changes: processes that build the same graph at once keep the first one renamed.
+    Built in a temporary folder with a manifest of its files' SHA-256, then renamed; checked
+    against the manifest at every use. Processes that build the same graph at once keep the
+    first one renamed.
     """
-    folder = os.path.join(ensure_dir(cache_dir), f"{kind}-{_key(kind, detector)}-{fmt}")
+    cache_dir = ensure_dir(cache_dir)
+    folder = os.path.join(cache_dir, f"{kind}-{_key(kind, detector, fmt)}-{fmt}")
     if os.path.isdir(folder):
-        return folder
+        why = _problem(folder)
+        if why is None:
+            return folder
+        logger.warning("the cached %s graph %s is unusable (%s): building it again", kind,
+                       folder, why)
+        trash = tempfile.mkdtemp(prefix=f".broken.{kind}.", dir=cache_dir)
+        try:
+            os.rename(folder, os.path.join(trash, "old"))
+        except OSError:
+            pass                                   # another process moved it first
+        shutil.rmtree(trash, ignore_errors=True)
+    _clean_stale(cache_dir)
     tmp = tempfile.mkdtemp(prefix=f".{kind}.", dir=cache_dir)
     try:
         layer, specs = graph_layer(kind, detector)
@@ -136,13 +218,20 @@ def build(kind, detector, cache_dir, fmt="paddle"):
             shutil.rmtree(work)
         else:
             export_static(layer, specs, tmp)
+        write_json(os.path.join(tmp, MANIFEST), {
+            "kind": kind, "format": fmt, "tools": tool_versions(fmt),
+            "files": {f: sha256_file(os.path.join(tmp, f)) for f in sorted(os.listdir(tmp))}})
         try:
             os.rename(tmp, folder)
             logger.info("built the %s graph in %s", kind, folder)
         except OSError:
-            if not os.path.isdir(folder):           # not a concurrent build of the same graph
+            if not os.path.isdir(folder) or _problem(folder):   # not a concurrent build
                 raise
         return folder
+    except OSError as exc:
+        raise CacheError(f"cannot write the {kind} graph to the cache '{cache_dir}' "
+                        f"({exc.strerror or exc}): free space there or set ORTHOAD_CACHE to "
+                        "another folder") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -158,11 +247,38 @@ def _compiled(kind, detector, engine, cache_dir, threads):
                                         use_gpu=engines.gpu_available())
 
 
+class _Guarded:
+    """A compiled graph's callable that, if it fails at run time, falls back to dygraph (with
+    the reason logged) under ``--engine auto``, and is a one-line error otherwise."""
+
+    def __init__(self, fn, engine, requested, make_dygraph, what):
+        self.fn, self.engine, self.requested = fn, engine, requested
+        self.make_dygraph, self.what = make_dygraph, what
+
+    def __call__(self, x):
+        try:
+            return self.fn(x)
+        except Exception as exc:  # noqa: BLE001 - any engine failure: fall back or explain
+            why = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1][:160]}" \
+                if str(exc).strip() else type(exc).__name__
+            if self.requested != "auto":
+                if isinstance(exc, UserError):
+                    raise
+                raise UserError(f"--engine {self.engine} failed while running the {self.what} "
+                                f"graph ({why}): use --engine dygraph (or auto)") from None
+            logger.warning("engine %s failed while running the %s graph (%s): falling back to "
+                           "dygraph for the rest of the run", self.engine, self.what, why)
+            self.fn, self.engine = self.make_dygraph(), "dygraph"
+            return self.fn(x)
+
+
 def _with_fallback(engine, requested, make_compiled, make_dygraph, what):
     if engine == "dygraph":
         return make_dygraph(), "dygraph"
     try:
-        return make_compiled(), engine
+        fn = make_compiled()
+    except CacheError:
+        raise
     except (RuntimeError, UserError) as exc:
         if requested != "auto":
             raise UserError(f"--engine {engine} cannot run the {what} graph ({exc}): use "
@@ -170,12 +286,15 @@ def _with_fallback(engine, requested, make_compiled, make_dygraph, what):
         logger.warning("engine %s cannot run the %s graph (%s): falling back to dygraph",
                        engine, what, exc)
         return make_dygraph(), "dygraph"
+    return _Guarded(fn, engine, requested, make_dygraph, what), engine
 
 
-def embedder(requested, detector, cache_dir, threads=None):
+def embedder(requested, detector, cache_dir=None, threads=None):
     """(fn(x [B, 3, H, W] float32 ndarray) -> y [B, h*w, k], engine used); y is an ndarray,
-    or for dygraph a Tensor on the current device (the statistics can stay there)."""
+    or for dygraph a Tensor on the current device (the statistics can stay there). Graphs are
+    cached in ``cache_dir`` (default: the user's cache, ``default_cache``)."""
     engine = engines.resolve(requested)
+    cache_dir = cache_dir or default_cache()
 
     def dygraph():
         def run(x):
@@ -189,10 +308,11 @@ def embedder(requested, detector, cache_dir, threads=None):
     return _with_fallback(engine, requested, compiled, dygraph, "embedding")
 
 
-def scorer(requested, detector, mean, precision, cache_dir, threads=None):
+def scorer(requested, detector, mean, precision, cache_dir=None, threads=None):
     """(fn(x) -> (maps [B, H, W], scores [B]), engine used) under the Gaussian (mean,
     precision), which the compiled graphs receive as inputs without copies."""
     engine = engines.resolve(requested)
+    cache_dir = cache_dir or default_cache()
 
     def dygraph():
         def run(x):

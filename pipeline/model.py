@@ -8,7 +8,7 @@ import logging
 from dataclasses import dataclass, field
 
 from datasets.transforms import Preprocess
-from modelfile import load_model, save_model
+from modelfile import load_checked, save_model
 from outputs import apply_ignore, combine
 from models.orthoad import OrthoAD
 
@@ -40,8 +40,9 @@ class Model:
                                      a["mean"], a["precision"], self.meta.get("cell", 1))
         return self._detector
 
-    def use_engine(self, requested, cache_dir, threads=None):
-        """Score with ``requested`` (``--engine``; graphs cached in ``cache_dir``)."""
+    def use_engine(self, requested, cache_dir=None, threads=None):
+        """Score with ``requested`` (``--engine``; graphs cached in ``cache_dir``, default the
+        user's graph cache)."""
         from .graphs import scorer
         self._scorer, self.engine = scorer(requested, self.detector, self.arrays["mean"],
                                            self.arrays["precision"], cache_dir, threads)
@@ -82,5 +83,5 @@ class Model:
 
 def load(path, expect=None, weights=None):
     """Model file -> Model, with its backbone rebuilt and checked."""
-    meta, arrays = load_model(path, expect)
+    meta, arrays = load_checked(path, expect)
     return Model(meta, arrays, backbone_for_meta(meta, weights), path)

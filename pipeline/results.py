@@ -1,5 +1,8 @@
 """The results of a run: printed tables, results.csv, per_type.csv, per_image_<category>.csv
 and (``--report``) report.html, all from the categories' ``CategoryResult``s."""
+import contextlib
+import csv
+import fcntl
 import math
 import os
 
@@ -90,17 +93,20 @@ class RunResults:
             write_csv(self.image_csv(res.row["category"]), _blank(res.images), IMAGE_COLUMNS)
         if not self.summary:
             return
-        cols = ["category"] + [c for c in COUNT_COLUMNS[:3] if any(c in r for r in self.rows)]
-        cols += [c for c in metric_columns(self.rows) + VERDICT_COLUMNS
-                 if any(c in r for r in self.rows) and c not in cols]
-        cols += [c for c in ("unscored_defect_frac", "n_train", "fit_seconds", "eval_seconds")
-                 if any(c in r for r in self.rows)]
-        clean = [{k: ("" if v is None else v) for k, v in r.items()}
-                 for r in self.rows + [mean_row(self.rows)]]
-        write_csv(os.path.join(self.out_dir, "results.csv"), clean, cols)
+        path = os.path.join(self.out_dir, "results.csv")
+        with locked(path):           # runs writing the same folder at once keep every row
+            rows = _kept(path, self.rows) + self.rows
+            cols = ["category"] + [c for c in COUNT_COLUMNS[:3] if any(c in r for r in rows)]
+            cols += [c for c in metric_columns(rows) + VERDICT_COLUMNS
+                     if any(c in r for r in rows) and c not in cols]
+            cols += [c for c in ("unscored_defect_frac", "n_train", "fit_seconds",
+                                 "eval_seconds") if any(c in r for r in rows)]
+            write_csv(path, _blank(rows + [mean_row(rows)]), cols)
         if self.results:
-            types = [t for res in self.results for t in res.types]
-            write_csv(os.path.join(self.out_dir, "per_type.csv"), _blank(types), TYPE_COLUMNS)
+            path = os.path.join(self.out_dir, "per_type.csv")
+            with locked(path):
+                types = [t for res in self.results for t in res.types]
+                write_csv(path, _blank(_kept(path, types) + types), TYPE_COLUMNS)
 
     def image_csv(self, category):
         return os.path.join(self.out_dir, f"per_image_{category}.csv")
@@ -126,6 +132,40 @@ class RunResults:
                                 self.info)
             parts.append(f"report: {path}")
         return "\n".join(parts)
+
+
+@contextlib.contextmanager
+def locked(path):
+    """An exclusive lock on ``<path>.lock`` while a table is read, merged and replaced."""
+    with open(path + ".lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _value(text):
+    if text == "":
+        return None
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _kept(path, rows):
+    """The rows of the table at ``path`` whose category this run does not write again (other
+    runs' categories in the same run folder), numbers parsed; no mean row."""
+    if not os.path.isfile(path):
+        return []
+    mine = {r["category"] for r in rows}
+    with open(path, newline="", encoding="utf-8") as fh:
+        return [{k: v if k in ("category", "defect") else _value(v) for k, v in r.items()}
+                for r in csv.DictReader(fh)
+                if r.get("category") not in mine and r.get("category") != "mean"]
 
 
 def _blank(rows):

@@ -67,7 +67,8 @@ def update_category(model, data, batch_size=16, holdout=0.1, seed=0, engine="aut
     on_device = stats == "device" or (stats == "auto" and
                                       paddle.device.get_device().startswith("gpu"))
     gaussian = DeviceGaussian if on_device else PatchGaussian
-    gauss = gaussian(eps=meta["eps"], members=detector.members if detector.cell > 1 else None)
+    gauss = gaussian(eps=meta["eps"], members=detector.members if detector.cell_size > 1
+                     else None)
     gauss.load_state(unpack_state(arrays, meta["sums"]["n_images"]))
     batch = batch_for(batch_size, pre.input_hw)
     max_hold = max(1, min(MAX_HOLDOUT, HOLDOUT_BYTES // (detector.n_positions * meta["k"] * 4)))

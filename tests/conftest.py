@@ -9,6 +9,9 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 warnings.filterwarnings("ignore", message="No ccache found")
+# one graph cache for the whole test session (and its scripts), never the user's own
+os.environ.setdefault("ORTHOAD_CACHE", os.path.join(
+    __import__("tempfile").mkdtemp(prefix="orthoad_test_cache_"), "graphs"))
 
 
 def run_script(*args, timeout=300, env=None):

@@ -94,17 +94,24 @@ def test_device_statistics_path_gives_the_cpu_model(demo_root, tmp_path):
     assert a.meta["threshold"]["image"] == pytest.approx(b.meta["threshold"]["image"], rel=1e-6)
 
 
-def test_graphs_are_built_once_per_run(demo_root, tmp_path, caplog):
-    with caplog.at_level("INFO"):
-        train.main(train.get_args(["--data_path", demo_root, "--category", "all", "--k", "8",
-                                   "--no-pretrained", "--resize", "64", "--crop_size", "64",
-                                   "--save_path", str(tmp_path), "--eval", "--engine",
-                                   "onnxruntime"]))
+def test_graphs_are_built_once_for_every_run_folder(demo_root, tmp_path, caplog, monkeypatch):
+    """Two categories and then a second run in a NEW run folder: the embed and score graphs
+    are built once, in the user's cache, with a manifest of their files."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("ORTHOAD_CACHE", str(cache))
+    for run in ("a", "b"):
+        with caplog.at_level("INFO"):
+            train.main(train.get_args(["--data_path", demo_root, "--category", "all", "--k", "8",
+                                       "--no-pretrained", "--resize", "64", "--crop_size", "64",
+                                       "--save_path", str(tmp_path / run), "--eval",
+                                       "--engine", "onnxruntime"]))
     built = [r.message for r in caplog.records if r.message.startswith("built the")]
-    assert len(built) == 2 and "embed" in built[0] and "score" in built[1]    # two categories
-    cache = tmp_path / "ortho_resnet18_k8" / "graphs"
-    assert sorted(f.split("-")[0] + "-" + f.split("-")[2] for f in os.listdir(cache)) == \
+    assert len(built) == 2 and "embed" in built[0] and "score" in built[1]
+    folders = sorted(os.listdir(cache))
+    assert [f.split("-")[0] + "-" + f.split("-")[2] for f in folders] == \
         ["embed-onnx", "score-onnx"]
+    assert all(os.path.isfile(cache / f / "manifest.json") for f in folders)
+    assert not (tmp_path / "b" / "ortho_resnet18_k8" / "graphs").exists()
 
 
 def test_a_missing_engine_package_is_a_one_line_error(demo_root, tmp_path):
