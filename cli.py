@@ -151,6 +151,9 @@ def add_calibration_args(parser):
 
 
 def check_common(args):
+    seed = getattr(args, "seed", 0)
+    if not 0 <= seed <= 2 ** 32 - 1:
+        raise UserError(f"--seed {seed} is out of range: use 0 .. 4294967295")
     if args.k < 1:
         raise UserError(f"--k {args.k} is out of range: it must be at least 1")
     if args.arch in ARCHS and args.k > feature_dim(args.arch):

@@ -39,6 +39,7 @@ METHODS = ("ortho", "sample")
 EPS_RANGE = (1e-6, 1e6)
 MEAN_BOUND = 1e6
 MAX_SIDE = 16384
+MAX_SEED = 2 ** 32 - 1
 GRAPH_FILES = ("model.json", "model.pdmodel", "model.onnx")
 DEPLOY_VERSION = 2
 
@@ -133,13 +134,12 @@ def _geometry(c, meta):
         resize = c.int(geo, "resize", max(h, w), MAX_SIDE)
         if h != w:
             raise c.fail(f"has a centre crop of {h}x{w}, which is not square")
-    for key in ("mean", "std"):
-        v = geo.get(key)
+    for key, (lo, hi) in (("mean", (-10.0, 10.0)), ("std", (0.01, 100.0))):
+        v = geo.get(key)       # ImageNet's normalisation: mean about 0.45, std about 0.23
         if not isinstance(v, list) or len(v) != 3 or any(
-                isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x)
-                for x in v) or (key == "std" and min(v) <= 0):
-            raise c.fail(f"has geometry {key}={v!r}, not three finite numbers"
-                         + (" above 0" if key == "std" else ""))
+                isinstance(x, bool) or not isinstance(x, (int, float)) or not lo <= x <= hi
+                for x in v):
+            raise c.fail(f"has geometry {key}={v!r}, not three numbers in [{lo:g}, {hi:g}]")
     return (h, w), mode, resize
 
 
@@ -167,14 +167,16 @@ def check_meta(path, meta):
     k = c.int(meta, "k", 1, f)
     c.name(meta, "category")
     c.number(meta, "eps", *EPS_RANGE)
-    if not isinstance(meta.get("weights_source"), str) or not re.match(
-            r"^(imagenet:|file:|random:seed=-?\d+$)", meta["weights_source"]):
-        raise c.fail(f"has weights_source={meta.get('weights_source')!r}, not imagenet:..., "
-                     "file:PATH or random:seed=N")
+    source = meta.get("weights_source")
+    seed = re.match(r"^random:seed=(\d{1,10})$", source) if isinstance(source, str) else None
+    if not isinstance(source, str) or not (source.startswith(("imagenet:", "file:")) or (
+            seed and int(seed.group(1)) <= MAX_SEED)):
+        raise c.fail(f"has weights_source={source!r}, not imagenet:..., file:PATH or "
+                     f"random:seed=N (0 <= N <= {MAX_SEED})")
     if not isinstance(meta.get("weights_sha256"), str) or \
             not SHA256.match(meta["weights_sha256"]):
         raise c.fail("has no valid weights_sha256")
-    c.int(meta, "seed", optional=True)
+    c.int(meta, "seed", 0, MAX_SEED, optional=True)
     c.int(meta, "n_train", 1, optional=True)
     if meta.get("feature_dim") is not None and c.int(meta, "feature_dim") != f:
         raise c.fail(f"has feature_dim {meta['feature_dim']}, but {arch} gives {f}")

@@ -2,6 +2,7 @@
 import argparse
 import contextlib
 import csv
+import errno
 import io
 import hashlib
 import json
@@ -11,6 +12,7 @@ import os
 import platform
 import sys
 import tempfile
+import time
 import warnings
 
 import numpy as np
@@ -134,24 +136,58 @@ def setup_logging(level=logging.INFO):
 
 # --------------------------------------------------------------------------- atomic files
 
+STALE_TEMP_SECONDS = 600        # temporary files older than this were left by a killed process
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def write_failed(path, exc):
+    """A one-line UserError for an OSError while writing ``path`` (full disk, no permission)."""
+    fix = "free space on that disk or write elsewhere" if exc.errno in _NO_SPACE else \
+        "check the folder's permissions or write elsewhere"
+    return UserError(f"cannot write '{path}' ({exc.strerror or exc}): {fix}; any earlier version "
+                     "of the file is intact")
+
+
+def _remove_stale_temps(folder, name):
+    """Remove the temporary files of ``name`` that a killed process left in ``folder``."""
+    now = time.time()
+    try:
+        with os.scandir(folder) as it:
+            for e in it:
+                if e.name.startswith(f".{name}.") and e.name.endswith(".tmp") and \
+                        now - e.stat().st_mtime > STALE_TEMP_SECONDS:
+                    os.remove(e.path)
+    except OSError:
+        pass
+
+
 @contextlib.contextmanager
 def atomic_path(path):
     """Yield a temporary path in the destination folder; rename it to ``path`` on success.
 
-    A crash or kill leaves the previous file at ``path`` untouched and no partial file under it.
+    A crash, a kill or a full disk leaves the previous file at ``path`` untouched and no partial
+    file under it; an OSError while writing becomes a one-line UserError naming the file.
+    Temporary files a killed process left behind are removed by a later write of the same file.
     """
     folder = os.path.dirname(os.path.abspath(path)) or "."
     ensure_dir(folder)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    _remove_stale_temps(folder, os.path.basename(path))
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp",
+                                   dir=folder)
+    except OSError as exc:
+        raise write_failed(path, exc) from None
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
     try:
+        os.chmod(tmp, 0o666 & ~umask)
         yield tmp
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        raise write_failed(path, exc) from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -203,20 +239,29 @@ class CsvLog:
         self.path, self.columns = path, columns
         self.partial = path + ".partial"
         ensure_dir(os.path.dirname(os.path.abspath(path)))
-        self._fh = open(self.partial, "w", newline="", encoding="utf-8")
-        self._writer = csv.writer(self._fh, lineterminator="\n")
-        self._writer.writerow(columns)
-        self._fh.flush()
+        try:
+            self._fh = open(self.partial, "w", newline="", encoding="utf-8")
+            self._writer = csv.writer(self._fh, lineterminator="\n")
+            self._writer.writerow(columns)
+            self._fh.flush()
+        except OSError as exc:
+            raise write_failed(self.partial, exc) from None
 
     def add(self, row):
-        self._writer.writerow(_csv_cells(row, self.columns))
-        self._fh.flush()
+        try:
+            self._writer.writerow(_csv_cells(row, self.columns))
+            self._fh.flush()
+        except OSError as exc:
+            raise write_failed(self.partial, exc) from None
 
     def close(self):
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
-        self._fh.close()
-        os.replace(self.partial, self.path)
+        try:
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+            self._fh.close()
+            os.replace(self.partial, self.path)
+        except OSError as exc:
+            raise write_failed(self.path, exc) from None
         return self.path
 
 

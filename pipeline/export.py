@@ -22,11 +22,11 @@ import tempfile
 import numpy as np
 
 from outputs import encode_mask
-from utils import atomic_path, ensure_dir, sha256_file, write_json
+from schema import DEPLOY_VERSION
+from utils import atomic_path, ensure_dir, sha256_file, write_failed, write_json
 
 from .graphs import export_static, graph_layer, to_onnx
 
-DEPLOY_VERSION = 2
 FORMATS = ("paddle", "onnx")
 EXTERNAL_ABOVE = 2 ** 31 - 1 - (64 << 20)      # protobuf's 2 GB limit, with a margin
 ONNX_DATA = "model.onnx.data"
@@ -104,6 +104,13 @@ def export(model, save_dir, fmt="paddle"):
     """Write ``model``'s deployment graph in ``fmt`` and deploy.json into ``save_dir``
     (atomically: a temporary folder, then renames); return the written paths."""
     ensure_dir(save_dir)
+    try:
+        return _export(model, save_dir, fmt)
+    except OSError as exc:
+        raise write_failed(save_dir, exc) from None
+
+
+def _export(model, save_dir, fmt):
     tmp = tempfile.mkdtemp(prefix=".export.", dir=save_dir)
     try:
         if fmt == "paddle":

@@ -23,6 +23,7 @@ cannot be built or fails at run time under ``--engine auto``; an explicit engine
 one-line error).
 """
 import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -128,13 +129,27 @@ def _quiet():
 
 
 def export_static(layer, specs, folder, name="model"):
-    """``paddle.jit.save`` of ``layer`` into ``folder``; return (graph file, params file)."""
+    """``paddle.jit.save`` of ``layer`` into ``folder``, read back to verify it; return (graph
+    file, params file).
+
+    Paddle 3.3.1's ``jit.save`` does not report a full disk: it leaves a truncated
+    ``.pdiparams`` behind (seen here on a 3 MB tmpfs: 3.0 of 11.2 MB written, no error). The
+    files are therefore loaded back, and a failure is an OSError (ENOSPC when the disk is full).
+    """
     layer.eval()
     static = paddle.jit.to_static(layer, input_spec=specs, full_graph=True)
-    paddle.jit.save(static, os.path.join(folder, name))
-    graph = next(os.path.join(folder, f) for f in os.listdir(folder)
-                 if f in (f"{name}.json", f"{name}.pdmodel"))
-    return graph, os.path.join(folder, f"{name}.pdiparams")
+    prefix = os.path.join(folder, name)
+    paddle.jit.save(static, prefix)
+    try:
+        graph = next(os.path.join(folder, f) for f in os.listdir(folder)
+                     if f in (f"{name}.json", f"{name}.pdmodel"))
+        with _quiet():
+            paddle.jit.load(prefix)
+    except Exception as exc:  # noqa: BLE001 - whatever Paddle raises for an unreadable save
+        code = errno.ENOSPC if shutil.disk_usage(folder).free < (16 << 20) else errno.EIO
+        raise OSError(code, f"{os.strerror(code)}: the graph saved in '{folder}' cannot be read "
+                            f"back ({str(exc).strip().splitlines()[0][:100]})") from None
+    return graph, prefix + ".pdiparams"
 
 
 def to_onnx(graph, params, onnx_file):
@@ -145,6 +160,8 @@ def to_onnx(graph, params, onnx_file):
         with _quiet():
             paddle2onnx.export(graph, params, onnx_file, opset_version=ONNX_OPSET,
                                verbose=False)
+    except OSError:
+        raise                                           # a full disk stays an OSError
     except Exception as exc:
         raise RuntimeError(f"paddle2onnx could not convert the graph ({type(exc).__name__}: "
                            f"{str(exc).strip()[:200]})") from None
@@ -277,10 +294,10 @@ def _with_fallback(engine, requested, make_compiled, make_dygraph, what):
         return make_dygraph(), "dygraph"
     try:
         fn = make_compiled()
-    except CacheError:
-        raise
     except (RuntimeError, UserError) as exc:
         if requested != "auto":
+            if isinstance(exc, CacheError):
+                raise
             raise UserError(f"--engine {engine} cannot run the {what} graph ({exc}): use "
                             "--engine dygraph") from None
         logger.warning("engine %s cannot run the %s graph (%s): falling back to dygraph",

@@ -162,9 +162,40 @@ def test_mvtec_ad2_maps_take_the_server_form(trees, tmp_path):
 
 
 def test_mvtec_loco_reports_spro_per_anomaly_type_and_together(trees, tmp_path):
-    row, _ = _metrics("mvtec_loco", trees, tmp_path, "--holdout", "0")
-    for key in ("au_spro", "au_spro_logical", "au_spro_structural"):
-        assert row[key] is not None and 0.0 <= row[key] <= 1.0
+    """At the original size, against the definition written the long way (test_metrics) on
+    the .tiff maps eval.py wrote, each ground-truth file a region with its configuration's
+    saturation, the false positive rate over the normal images only."""
+    import tifffile
+    from datasets.loading import read_channel
+    from datasets.mvtec_loco import read_defects_config
+    from test_metrics import _spro_long_way
+    _, save = _metrics("mvtec_loco", trees, tmp_path, "--holdout", "0")
+    maps_dir = tmp_path / "maps"
+    row = eval_script.main(eval_script.get_args([
+        "--data_path", trees["mvtec_loco"], "--category", "brick", "--k", "8", "--save_path",
+        save, "--eval_PRO", "--eval_size", "original", "--save_maps", str(maps_dir)]))[0]
+    root = os.path.join(trees["mvtec_loco"], "brick")
+    config = read_defects_config(os.path.join(root, "defects_config.json"))
+    goods, regions = [], {"logical_anomalies": [], "structural_anomalies": []}
+    for kind in ("good", "logical_anomalies", "structural_anomalies"):
+        for f in sorted(os.listdir(os.path.join(root, "test", kind))):
+            stem = os.path.splitext(f)[0]
+            m = tifffile.imread(maps_dir / "brick" / "test" / kind / f"{stem}.tiff")
+            if kind == "good":
+                goods.append(m)
+                continue
+            gt = os.path.join(root, "ground_truth", kind, stem)
+            for ch in sorted(os.listdir(gt)):
+                value, region = read_channel(os.path.join(gt, ch), m.shape)
+                c = config[value]
+                n = int(region.sum())
+                sat = c["saturation_threshold"] * n if c["relative_saturation"] else \
+                    min(c["saturation_threshold"], n)
+                regions[kind].append((m[region], sat))
+    for key, rs in (("au_spro_logical", regions["logical_anomalies"]),
+                    ("au_spro_structural", regions["structural_anomalies"]),
+                    ("au_spro", regions["logical_anomalies"] + regions["structural_anomalies"])):
+        assert row[key] == pytest.approx(_spro_long_way(goods, rs, 0.05), abs=1e-6), key
 
 
 def test_visa_jpeg_tree_reads_and_masks_are_nonzero_not_255(tmp_path):
