@@ -238,7 +238,7 @@ def bench_latency(arch, k, work, args):
     """Per-image latency of the whole scoring graph on every engine (ms), median of runs."""
     import paddle
 
-    from pipeline import engines as eng
+    from runtime import engines as eng
     from pipeline import model as models_io
     from pipeline.export import export
     path = model_path(os.path.join(work, f"models_{arch}_{k}_dygraph"), "ortho", arch, k,

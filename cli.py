@@ -5,7 +5,7 @@ Each script builds its parser from these groups, so one flag means the same thin
 import os
 import sys
 
-from models.backbone import ARCHS, feature_dim
+from models.archs import CHANNELS as ARCHS, feature_dim
 from models.projection import PROJECTIONS
 from utils import UserError, positive_int
 
@@ -194,23 +194,86 @@ def run_info(args, weights_source, engine=None):
     return info
 
 
+MODEL_FLAGS = ("method", "arch", "k", "resize", "crop_size")
+
+
+def model_file(args, verb):
+    """The model file a script works on: ``--model_path``, or ``--category`` under
+    ``--save_path`` in ``<method>_<arch>_k<k>/``."""
+    from utils import model_path
+    if getattr(args, "model_path", None):
+        return args.model_path
+    if not getattr(args, "category", None):
+        raise UserError(f"say which model to {verb}: --model_path FILE or --category NAME "
+                        "(with --save_path, --method, --arch, --k)")
+    return model_path(args.save_path, args.method, args.arch, args.k, args.category)
+
+
+def check_model_flags(args, meta, path):
+    """The same rule in every script that opens a model: the file says what it is. A derived
+    path must match ``--method/--arch/--k`` (they name its folder); with ``--model_path``, a
+    model flag written on the command line that contradicts the file is an error (flags left
+    at their defaults are not looked at)."""
+    explicit = getattr(args, "explicit", set())
+    for key in MODEL_FLAGS:
+        if not hasattr(args, key) or getattr(args, key) is None:
+            continue
+        given = key in explicit or (not getattr(args, "model_path", None) and
+                                    key in ("method", "arch", "k"))
+        if given and meta.get(key) != getattr(args, key):
+            raise UserError(f"--{key} {getattr(args, key)} contradicts the model file '{path}' "
+                            f"({key}={meta.get(key)}): leave --{key} out (the file says what "
+                            "it is) or open another model")
+
+
 def open_model(args, verb):
-    """The model a script works on (``--model_path``, or ``--category`` under ``--save_path``
-    with ``--method``/``--arch``/``--k`` checked), on ``--engine`` if the script has one.
+    """The model a script works on (see ``model_file`` and ``check_model_flags``), on
+    ``--engine`` if the script has one.
 
     Returns:
         (``pipeline.model.Model``, its path).
     """
     from pipeline import model as models_io
-    from utils import model_path
-    if not args.model_path and not args.category:
-        raise UserError(f"say which model to {verb}: --model_path FILE or --category NAME "
-                        "(with --save_path, --method, --arch, --k)")
-    path = args.model_path or model_path(args.save_path, args.method, args.arch, args.k,
-                                         args.category)
-    expect = None if args.model_path else {"method": args.method, "arch": args.arch, "k": args.k}
+    path = model_file(args, verb)
     threads = apply_threads(args)
-    model = models_io.load(path, expect, args.weights)
+    model = models_io.load(path, None, args.weights)
+    check_model_flags(args, model.meta, path)
     if getattr(args, "engine", None):
         model.use_engine(args.engine, None, threads)
     return model, path
+
+
+def open_detector(args, verb="use"):
+    """The ``runtime.detector.Detector`` of a model file (``model_file``), on ``--engine``.
+
+    Returns:
+        (Detector, its path).
+    """
+    from modelfile import read_meta
+    from runtime.detector import Detector
+    path = model_file(args, verb)
+    check_model_flags(args, read_meta(path) if os.path.isfile(path) else {}, path)
+    threads = apply_threads(args)
+    return Detector.load(path, engine=args.engine, threads=threads, weights=args.weights), path
+
+
+def add_prediction_args(parser):
+    """Flags of the scripts that score images and write per-image outputs (predict, infer)."""
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="override the model's image and pixel thresholds (learned from "
+                             "held-out normal images, or calibrated)")
+    parser.add_bool("--save_pic", True, "write a figure per image (image, heat map, predicted "
+                    "mask)")
+    parser.add_bool("--save_outputs", True, "write the machine-readable outputs per image: the "
+                    "binary mask at the original resolution (masks/<stem>.png) and the result "
+                    "with its defect regions (regions/<stem>.json: box, area, peak and mean "
+                    "score)")
+    parser.add_argument("--ignore_mask", type=str, default=None,
+                        help="PNG of pixels never to score (white = ignore), added to the "
+                             "model's own")
+    parser.add_argument("--save_maps", type=str, default=None,
+                        help="also write each original-size map (float16 TIFF) and its mask at "
+                             "the pixel threshold (0 / 255 PNG) under this folder in the form "
+                             "the MVTec AD 2 evaluation server accepts: "
+                             "anomaly_images[_thresholded]/<category>/<input folder name>/"
+                             "<stem>")

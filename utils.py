@@ -53,8 +53,23 @@ class ArgumentParser(argparse.ArgumentParser):
         self._bool_flags.add(name)
 
     def parse_args(self, args=None, namespace=None):
-        args = sys.argv[1:] if args is None else list(args)
-        return super().parse_args(self._explicit_bools(args), namespace)
+        args = self._explicit_bools(sys.argv[1:] if args is None else list(args))
+        parsed = super().parse_args(args, namespace)
+        parsed.explicit = self._given(args)
+        return parsed
+
+    def _given(self, argv):
+        """The destinations of the options written on the command line (not left at their
+        default): flags that contradict a model file are then told apart from defaults."""
+        by_flag = {s: a.dest for a in self._actions for s in a.option_strings}
+        given = set()
+        for word in argv:
+            if word == "--":
+                break
+            flag = word.split("=", 1)[0]
+            if flag in by_flag:
+                given.add(by_flag[flag])
+        return given
 
     def _explicit_bools(self, argv):
         """Rewrite ``--flag`` and ``--flag VALUE`` of boolean flags as ``--flag=VALUE``."""

@@ -11,16 +11,8 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from runtime.predictions import thresholds  # noqa: E402,F401  (re-exported)
 from utils import atomic_path  # noqa: E402
-
-
-def thresholds(meta):
-    """(image threshold, pixel threshold) of a model's or deploy file's metadata (None if it
-    has none); the pixel threshold defaults to the image threshold."""
-    thr = meta.get("threshold") or {}
-    image = thr.get("image")
-    pixel = thr.get("pixel")
-    return image, image if pixel is None else pixel
 
 
 def display_range(meta, amap):

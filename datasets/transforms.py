@@ -6,12 +6,15 @@ or the whole image resized to H x W) with PIL's bilinear filter, and the ImageNe
 applied after scaling to [0, 1]. Masks use nearest-neighbour resizing, the same geometry, and
 value > 127 means defect.
 """
+import logging
 import os
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from utils import UserError
+
+logger = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -46,13 +49,60 @@ def _to_uint8(img):
     return None
 
 
-def load_rgb(path):
-    """Read an image as uint8 RGB ndarray [H, W, 3]."""
-    img = _open(path)
+def _pil_rgb(img):
     gray = _to_uint8(img)
     if gray is not None:
         return np.repeat(gray[:, :, None], 3, axis=2)
     return np.asarray(img.convert("RGB"))
+
+
+def load_rgb(path):
+    """Read an image as uint8 RGB ndarray [H, W, 3]."""
+    return _pil_rgb(_open(path))
+
+
+MAX_PIXELS = 16384 * 16384        # larger images are refused (a decompression bomb, or a mistake)
+
+
+def decode_rgb(data, what="the image"):
+    """Encoded image bytes (PNG, JPEG, BMP, TIFF) -> uint8 RGB [H, W, 3]; UserError naming why
+    not (empty, not an image, corrupt, larger than ``MAX_PIXELS``)."""
+    import io
+    if not data:
+        raise UserError(f"{what} is empty: send the bytes of a PNG, JPEG, BMP or TIFF image")
+    try:
+        img = Image.open(io.BytesIO(data))
+        if img.width * img.height > MAX_PIXELS:
+            raise UserError(f"{what} is {img.width}x{img.height} pixels, more than the "
+                            f"{MAX_PIXELS} allowed: send a smaller image")
+        img.load()
+    except UnidentifiedImageError:
+        raise UserError(f"{what} is not an image format PIL recognises: send a PNG, JPEG, BMP "
+                        "or TIFF image") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise UserError(f"{what} cannot be decoded ({str(exc).splitlines()[0][:80]}): send an "
+                        "intact image") from None
+    return _pil_rgb(img)
+
+
+def to_rgb(image):
+    """An image file path, PIL image or uint8 / uint16 array ([H, W], [H, W, 3] or [H, W, 4])
+    -> uint8 RGB [H, W, 3] (the same conversion as for files)."""
+    if isinstance(image, (str, os.PathLike)):
+        return load_rgb(os.fspath(image))
+    if isinstance(image, Image.Image):
+        return _pil_rgb(image)
+    a = np.asarray(image)
+    if a.dtype not in (np.uint8, np.uint16) or a.ndim not in (2, 3) or \
+            (a.ndim == 3 and a.shape[2] not in (3, 4)):
+        raise UserError(f"an image array of {a.dtype} {list(a.shape)} cannot be scored: pass "
+                        "uint8 (or uint16) RGB [H, W, 3], RGBA [H, W, 4] or grayscale [H, W]")
+    if a.dtype == np.uint16:                      # as 16-bit files are read: no clipping
+        top = 65535.0 if a.max() > 255 else 255.0
+        a = np.clip(np.round(a * (255.0 / top)), 0, 255).astype(np.uint8)
+    if a.ndim == 2:
+        return np.repeat(a[:, :, None], 3, axis=2)
+    return np.ascontiguousarray(a[:, :, :3])
 
 
 def load_mask(path):
@@ -215,3 +265,36 @@ def list_inputs(path):
     if not os.path.isfile(path):
         raise UserError(f"input '{path}' does not exist: pass an image or a folder of images")
     return [path]
+
+
+BATCH_PIXELS = 16 * 256 * 256     # input pixels per forward pass (caps --batch_size)
+
+
+def batch_for(batch_size, input_hw):
+    """``batch_size`` capped so that one batch holds at most ``BATCH_PIXELS`` input pixels."""
+    cap = max(1, BATCH_PIXELS // (input_hw[0] * input_hw[1]))
+    if batch_size > cap:
+        logger.info("batch size %d -> %d for %dx%d inputs (activation memory)", batch_size, cap,
+                    *input_hw)
+    return min(batch_size, cap)
+
+
+class AspectWarnings:
+    """One warning line per image whose aspect ratio is over 2x off the model's (the first few
+    in full, then a count), for fits and evaluations over many images."""
+
+    def __init__(self, preprocess, limit=3):
+        self.pre, self.limit, self.count = preprocess, limit, 0
+
+    def check(self, path, original_hw):
+        msg = self.pre.aspect_warning(original_hw)
+        if msg:
+            self.count += 1
+            if self.count <= self.limit:
+                logger.warning("%s: %s", path, msg)
+        return msg
+
+    def close(self, what):
+        if self.count > self.limit:
+            logger.warning("%d of %s had an aspect ratio over 2x off the model's (%d shown)",
+                           self.count, what, self.limit)

@@ -119,9 +119,9 @@ class Group:
         sees the same training images (names and sizes): ``train_files`` {category: [paths]}."""
         if self.world == 1:
             return
-        paths = ("cpu_threads", "data_path", "save_path", "calibration_dir", "normal_dir",
-                 "abnormal_dir", "normal_test_dir", "mask_dir", "calibration_normal_dir",
-                 "calibration_abnormal_dir", "calibration_mask_dir")
+        paths = ("explicit", "cpu_threads", "data_path", "save_path", "calibration_dir",
+                 "normal_dir", "abnormal_dir", "normal_test_dir", "mask_dir",
+                 "calibration_normal_dir", "calibration_abnormal_dir", "calibration_mask_dir")
         self.check_same("list of training images or flags", {
             "flags": {k: v for k, v in vars(args).items() if k not in paths},
             "images": {c: [(os.path.basename(f), os.path.getsize(f)) for f in files]

@@ -20,7 +20,7 @@ import numpy as np
 
 import metrics
 import visualize
-from outputs import original_map
+from datasets.ignore import original_map
 from datasets.loading import load_test_item, prefetch_batches
 from datasets.transforms import image_size
 from utils import UserError, atomic_path, ensure_dir, progress

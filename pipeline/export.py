@@ -21,7 +21,7 @@ import tempfile
 
 import numpy as np
 
-from outputs import encode_mask
+from datasets.ignore import encode_mask
 from schema import DEPLOY_VERSION
 from utils import atomic_path, ensure_dir, sha256_file, write_failed, write_json
 

@@ -23,7 +23,7 @@ from models.device_gaussian import DeviceGaussian
 from models.gaussian import PatchGaussian, cell_shape, pack_state
 from models.orthoad import OrthoAD
 from models.projection import make_projection
-from outputs import apply_ignore, load_ignore_mask
+from datasets.ignore import apply_ignore, load_ignore_mask
 from utils import UserError, library_versions, progress
 
 from .distributed import Group

@@ -16,7 +16,8 @@ import math
 
 import numpy as np
 
-from datasets.transforms import Preprocess, image_size
+from datasets.transforms import (BATCH_PIXELS, AspectWarnings, Preprocess,  # noqa: F401
+                                 batch_for, image_size)
 from utils import UserError
 
 logger = logging.getLogger(__name__)
@@ -26,7 +27,6 @@ STRIDE = 16                       # layer3 of the ResNets: input sides that are 
 MIN_SIDE = 32
 AUTO_PIXELS = 256 * 256           # the pixel count of the MVTec protocol's input
 STATS_BUDGET = 4.5e9              # bytes of float64 sums + float32 precision (auto --cell)
-BATCH_PIXELS = 16 * 256 * 256     # input pixels per forward pass (caps --batch_size)
 
 
 def parse_input_size(values):
@@ -161,33 +161,3 @@ def choose_cell(grid_hw, k, cell="auto"):
 def stats_bytes(n_cells, k):
     """Bytes of the fit's statistics: float64 sums and the float32 precision."""
     return int(n_cells * k * k * 12)
-
-
-def batch_for(batch_size, input_hw):
-    """``batch_size`` capped so that one batch holds at most ``BATCH_PIXELS`` input pixels."""
-    cap = max(1, BATCH_PIXELS // (input_hw[0] * input_hw[1]))
-    if batch_size > cap:
-        logger.info("batch size %d -> %d for %dx%d inputs (activation memory)", batch_size, cap,
-                    *input_hw)
-    return min(batch_size, cap)
-
-
-class AspectWarnings:
-    """One warning line per image whose aspect ratio is over 2x off the model's (the first few
-    in full, then a count), for fits and evaluations over many images."""
-
-    def __init__(self, preprocess, limit=3):
-        self.pre, self.limit, self.count = preprocess, limit, 0
-
-    def check(self, path, original_hw):
-        msg = self.pre.aspect_warning(original_hw)
-        if msg:
-            self.count += 1
-            if self.count <= self.limit:
-                logger.warning("%s: %s", path, msg)
-        return msg
-
-    def close(self, what):
-        if self.count > self.limit:
-            logger.warning("%d of %s had an aspect ratio over 2x off the model's (%d shown)",
-                           self.count, what, self.limit)

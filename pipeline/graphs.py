@@ -39,7 +39,7 @@ from paddle.static import InputSpec
 from models.orthoad import Embedder, GaussianScorer
 from utils import UserError, ensure_dir, sha256_file, write_json
 
-from . import engines
+from runtime import engines
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from datasets.transforms import Preprocess
 from modelfile import load_checked, save_model
-from outputs import apply_ignore, combine
+from datasets.ignore import apply_ignore, combine
 from models.orthoad import OrthoAD
 
 from .backbones import backbone_for_meta
@@ -55,12 +55,17 @@ class Model:
         stored = self.arrays.get("ignore")
         return combine(None if stored is None else stored.astype(bool), self.extra_ignore)
 
+    def run(self, x):
+        """x float32 [B, 3, H, W] ndarray -> the engine's (maps [B, H, W], scores [B]),
+        before any ignore mask."""
+        if self._scorer is None:
+            self.use_engine("dygraph", None)
+        return self._scorer(x)
+
     def score(self, x):
         """x float32 [B, 3, H, W] ndarray -> (maps [B, H, W] with NaN on ignored pixels,
         scores [B] = max over the other pixels) ndarrays."""
-        if self._scorer is None:
-            self.use_engine("dygraph", None)
-        maps, _ = self._scorer(x)
+        maps, _ = self.run(x)
         return apply_ignore(maps, self.ignore)
 
     @property

@@ -18,7 +18,8 @@ The files themselves are written by ``outputs.write_server_map`` (predict.py use
 """
 import logging
 
-from outputs import MASKS, original_map, write_server_map
+from datasets.ignore import original_map
+from outputs import MASKS, write_server_map
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,283 @@
+"""The detector as one object: load once, predict many. predict.py, infer.py, the HTTP service
+and user code all call it.
+
+    from runtime.detector import Detector
+    detector = Detector.load("output/export_onnx/brick")         # or a .safetensors model file
+    for p in detector.predict(["a.png", "b.png"]):
+        print(p.path, p.score, p.verdict, len(p.regions))
+
+``Detector.load`` takes a model file (``<category>.safetensors``: run on ``--engine``'s choice,
+dygraph / Paddle Inference / ONNX Runtime, with the backbone rebuilt from its weights) or an
+export (a folder with deploy.json, or its ``model.onnx`` / ``model.json`` / ``model.pdmodel``:
+ONNX Runtime or Paddle Inference, the files' SHA-256 checked against deploy.json). An ONNX
+export needs neither Paddle nor ``models/``: nothing here imports them on that path.
+
+``predict`` takes image paths, PIL images or uint8 arrays, in batches; it is thread-safe (the
+engine runs under a lock; decoding and post-processing do not). Its stages are public for
+callers that batch across requests (the service): ``prepare`` (decode + pre-process),
+``score`` (one engine run over prepared images) and ``finish`` (map back to the image, mask,
+regions).
+"""
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from datasets.ignore import apply_ignore, combine, load_ignore_mask
+from datasets.transforms import Preprocess, to_rgb
+from schema import ModelFileError, check_deploy, decode_mask
+from utils import UserError, sha256_file
+
+from .predictions import make_prediction, thresholds
+
+logger = logging.getLogger(__name__)
+
+GRAPH_NAMES = ("model.onnx", "model.json", "model.pdmodel")
+MAX_DEPLOY_BYTES = 64 << 20
+
+
+@dataclass
+class Prepared:
+    """An image ready for the engine: x float32 [3, H, W], its original (H0, W0), its path
+    (or None) and, if kept, the uint8 network input for figures."""
+    x: np.ndarray
+    original_hw: tuple
+    path: object = None
+    input_image: np.ndarray = None
+
+
+def _deploy_of(path, deploy_file=None):
+    """(export folder, graph file, deploy.json path) of an export given as a folder or file."""
+    if os.path.isdir(path):
+        folder = path
+        graph = next((os.path.join(folder, n) for n in GRAPH_NAMES
+                      if os.path.isfile(os.path.join(folder, n))), None)
+        if graph is None:
+            raise UserError(f"'{path}' holds no exported graph ({', '.join(GRAPH_NAMES)}): "
+                            "export one with export_model.py")
+    else:
+        folder, graph = os.path.dirname(os.path.abspath(path)), path
+    stats = deploy_file or os.path.join(folder, "deploy.json")
+    if os.path.isdir(stats):
+        stats = os.path.join(stats, "deploy.json")
+    return folder, graph, stats
+
+
+def read_deploy(graph, params=None, stats=None):
+    """Check an export's files and read its deploy.json: every file the engine will load
+    (graph, parameters, ONNX external data) must match its SHA-256 there. Returns (deploy dict,
+    parameters file or None)."""
+    from modelfile import is_pickle
+    if not os.path.isfile(graph):
+        raise UserError(f"the exported graph '{graph}' does not exist: run export_model.py "
+                        "first")
+    folder = os.path.dirname(os.path.abspath(graph))
+    onnx = graph.lower().endswith(".onnx")
+    params = params or (None if onnx else os.path.join(folder, "model.pdiparams"))
+    if params and not os.path.isfile(params):
+        raise UserError(f"the parameters file '{params}' does not exist: run export_model.py "
+                        "first")
+    stats = stats or os.path.join(folder, "deploy.json")
+    if not os.path.isfile(stats):
+        raise UserError(f"deploy file '{stats}' does not exist: pass the deploy.json that "
+                        "export_model.py wrote")
+    for what, path in (("graph", graph), ("parameters", params), ("deploy.json", stats)):
+        if path and is_pickle(path):
+            raise UserError(f"the {what} '{path}' is a Python pickle, which could run code when "
+                            "loaded: pass the files that export_model.py writes")
+    if os.path.getsize(stats) > MAX_DEPLOY_BYTES:
+        raise UserError(f"'{stats}' is {os.path.getsize(stats)} bytes, far more than a "
+                        "deploy.json of export_model.py: pass the deploy.json of the export")
+    try:
+        with open(stats, encoding="utf-8") as fh:
+            deploy = json.load(fh)
+    except (OSError, ValueError, RecursionError) as exc:
+        raise UserError(f"'{stats}' is not a deploy.json of export_model.py "
+                        f"({type(exc).__name__}): export the model again") from None
+    check_deploy(stats, deploy)
+    if onnx != (deploy["format"] == "onnx"):
+        raise UserError(f"'{stats}' describes a {deploy['format']} export, not '{graph}': "
+                        "pass the deploy.json exported with it")
+    if onnx:
+        if params:
+            raise UserError(f"an ONNX model takes no --params_file, and '{params}' belongs to "
+                            "another export: leave it out")
+        checks = [(graph, deploy["graph_sha256"])]
+        if deploy.get("data_file"):          # a plain file name beside the graph (schema)
+            checks.append((os.path.join(folder, deploy["data_file"]), deploy["data_sha256"]))
+    else:
+        checks = [(graph, deploy["graph_sha256"]), (params, deploy["params_sha256"])]
+    for path, digest in checks:                        # every file the engine will load
+        if not os.path.isfile(path) or sha256_file(path) != digest:
+            raise UserError(f"'{stats}' does not belong to '{path}' (SHA-256 differs): use the "
+                            "deploy.json exported with these files")
+    return deploy, params
+
+
+class Detector:
+    """A loaded model with its engine; see the module docstring. Build with ``load``.
+
+    Attributes:
+        category: the model's category; engine: what runs the graph; preprocess: its input
+        geometry; thresholds: (image, pixel) or None each; ignore: bool [H, W] or None;
+        meta: the model's metadata; source: the file(s) it was loaded from, with SHA-256.
+    """
+
+    def __init__(self, run, preprocess, meta, engine, thresholds, ignore, display, source,
+                 batch_size=8):
+        self._run, self.preprocess, self.meta, self.engine = run, preprocess, meta, engine
+        self.thresholds, self.ignore, self.display = thresholds, ignore, display
+        self.source, self.batch_size = source, batch_size
+        self.loaded_at = time.time()
+        self._lock = threading.Lock()
+        self.timings = {"prepare_s": 0.0, "score_s": 0.0, "finish_s": 0.0, "images": 0}
+        thr = meta.get("threshold") or {}
+        self.threshold_source = thr.get("source") if thresholds[0] is not None else None
+
+    # ------------------------------------------------------------------ loading
+
+    @classmethod
+    def load(cls, path, engine="auto", threads=None, use_gpu=False, mkldnn=True, weights=None,
+             params_file=None, deploy_file=None, batch_size=8):
+        """A model file (.safetensors) or an export (folder, model.onnx, model.json or
+        model.pdmodel, with deploy.json beside it or given)."""
+        if not os.path.exists(path):
+            raise UserError(f"'{path}' does not exist: give a model file (.safetensors) or an "
+                            "export folder (export_model.py)")
+        is_export = os.path.isdir(path) or path.lower().endswith(GRAPH_NAMES)
+        if is_export:
+            return cls._from_export(path, threads, use_gpu, mkldnn, params_file, deploy_file,
+                                    batch_size)
+        return cls._from_model_file(path, engine, threads, weights, batch_size)
+
+    @classmethod
+    def _from_export(cls, path, threads, use_gpu, mkldnn, params_file, deploy_file, batch_size):
+        from .engines import OnnxRuntimeGraph, PaddleInferenceGraph, map_and_score
+        _, graph_file, stats = _deploy_of(path, deploy_file)
+        deploy, params = read_deploy(graph_file, params_file, stats)
+        pre = Preprocess.from_config(deploy["preprocess"])
+        if deploy["format"] == "onnx":
+            graph, engine = OnnxRuntimeGraph(graph_file, threads, use_gpu), "onnxruntime"
+        else:
+            graph = PaddleInferenceGraph(graph_file, params, threads, mkldnn, use_gpu)
+            engine = "inference"
+        ignore = decode_mask(deploy["ignore_mask"]) if deploy.get("ignore_mask") else None
+        meta = dict(deploy["model"], threshold=deploy.get("threshold"),
+                    display=deploy.get("display"))
+        source = {"kind": "export", "format": deploy["format"], "graph": graph_file,
+                  "deploy": stats, "sha256": deploy["graph_sha256"]}
+        return cls(lambda x: map_and_score(graph.run({"image": x})), pre, meta, engine,
+                   thresholds(deploy), ignore, deploy.get("display"), source, batch_size)
+
+    @classmethod
+    def _from_model_file(cls, path, engine, threads, weights, batch_size):
+        from pipeline import model as models_io
+        model = models_io.load(path, None, weights).use_engine(engine, None, threads)
+        source = {"kind": "model file", "path": path, "sha256": sha256_file(path)}
+        return cls(model.run, model.preprocess, model.meta, model.engine,
+                   thresholds(model.meta), model.ignore, model.meta.get("display"),
+                   source, batch_size)
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def category(self):
+        return self.meta.get("category")
+
+    def with_threshold(self, value):
+        """Use ``value`` as both the image and the pixel threshold (predict.py --threshold)."""
+        self.thresholds = (float(value), float(value))
+        self.threshold_source = "given"
+        return self
+
+    def info(self):
+        """What the service's /models shows of this detector."""
+        h, w = self.preprocess.input_hw
+        return {"category": self.category, "engine": self.engine,
+                "input_size": [h, w], "geometry": self.preprocess.mode,
+                "image_threshold": self.thresholds[0], "pixel_threshold": self.thresholds[1],
+                "threshold_source": self.threshold_source, "source": self.source,
+                "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(self.loaded_at)),
+                "ignore_mask": self.ignore is not None}
+
+    def ignore_mask(self, mask):
+        """An ignore mask (file path or bool array at the input's or the images' size) combined
+        with the model's own."""
+        if mask is None:
+            return self.ignore
+        if isinstance(mask, (str, os.PathLike)):
+            extra = load_ignore_mask(os.fspath(mask), self.preprocess)
+        else:
+            m = np.asarray(mask).astype(bool)
+            extra = m if m.shape == self.preprocess.input_hw else \
+                self.preprocess.mask(m.astype(np.uint8) * 255)
+        return combine(self.ignore, extra)
+
+    # ------------------------------------------------------------------ the three stages
+
+    def prepare(self, image, keep_input=False):
+        """An image (path, PIL image, array) -> ``Prepared``."""
+        t = time.perf_counter()
+        rgb = to_rgb(image)
+        x = self.preprocess.image(rgb)
+        p = Prepared(x, rgb.shape[:2], os.fspath(image) if isinstance(image, (str, os.PathLike))
+                     else None, self.preprocess.unnormalise(x) if keep_input else None)
+        self.timings["prepare_s"] += time.perf_counter() - t
+        return p
+
+    def score(self, prepared, ignore=None):
+        """One engine run over prepared images -> (maps [B, H, W] with NaN on ignored pixels,
+        scores [B] = max of the rest)."""
+        x = np.stack([p.x for p in prepared])
+        t = time.perf_counter()
+        with self._lock:                              # engines are not all thread-safe
+            maps, _ = self._run(x)
+        self.timings["score_s"] += time.perf_counter() - t
+        self.timings["images"] += len(prepared)
+        return apply_ignore(maps, ignore)
+
+    def finish(self, prepared, amap, score, ignore=None):
+        """The ``Prediction`` of one prepared image from its map and score."""
+        t = time.perf_counter()
+        out = make_prediction(self.preprocess, amap, score, prepared.original_hw,
+                              self.thresholds, ignore, prepared.path, self.threshold_source,
+                              prepared.input_image)
+        self.timings["finish_s"] += time.perf_counter() - t
+        return out
+
+    # ------------------------------------------------------------------ predict
+
+    def predict_iter(self, images, ignore_mask=None, batch_size=None, keep_input=False,
+                     on_prepared=None):
+        """Yield a ``Prediction`` per image, in order, scored in batches (decoding runs ahead in
+        threads). ``on_prepared(prepared)`` is called on each image before it is scored."""
+        from datasets.loading import prefetch_batches
+        ignore = self.ignore_mask(ignore_mask)
+        items = list(images) if not isinstance(images, list) else images
+        size = batch_size or self.batch_size
+        for batch in prefetch_batches(items, lambda im: self.prepare(im, keep_input), size):
+            if on_prepared:
+                for p in batch:
+                    on_prepared(p)
+            maps, scores = self.score(batch, ignore)
+            for p, amap, s in zip(batch, maps, scores):
+                yield self.finish(p, amap, float(s), ignore)
+
+    def predict(self, images, ignore_mask=None, batch_size=None, keep_input=False):
+        """A list of ``Prediction`` for ``images`` (a list, or one image)."""
+        one = not isinstance(images, (list, tuple))
+        out = list(self.predict_iter([images] if one else list(images), ignore_mask,
+                                     batch_size, keep_input))
+        return out[0] if one else out
+
+
+def load(path, **kwargs):
+    """``Detector.load``."""
+    return Detector.load(path, **kwargs)
+
+
+__all__ = ["Detector", "Prepared", "load", "ModelFileError"]
