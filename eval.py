@@ -49,13 +49,12 @@ def main(args):
                          else run_dir(args.save_path, args.method, args.arch, args.k))
     threads = cli.apply_threads(args)
     opts = eval_options(args, out_dir)
-    expect = {"method": args.method, "arch": args.arch, "k": args.k, "resize": args.resize,
-              "crop_size": args.crop_size}
     results = None
     for category in categories:
         path = args.model_path or model_path(args.save_path, args.method, args.arch, args.k,
                                              category)
-        model = models_io.load(path, expect, args.weights)
+        model = models_io.load(path, None, args.weights)
+        cli.check_model_flags(args, model.meta, path)
         model.use_engine(args.engine, None, threads)
         if results is None:
             results = RunResults(out_dir, args.report,

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from datasets.ignore import apply_ignore, combine, load_ignore_mask
-from datasets.transforms import Preprocess, to_rgb
+from datasets.transforms import Preprocess, decode_rgb, to_rgb
 from schema import ModelFileError, check_deploy, decode_mask
 from utils import UserError, sha256_file
 
@@ -229,9 +229,20 @@ class Detector:
         self.timings["prepare_s"] += time.perf_counter() - t
         return p
 
+    def prepare_bytes(self, data, keep_input=False):
+        """Encoded image bytes (an upload) -> ``Prepared``; UserError if they are no image."""
+        t = time.perf_counter()
+        rgb = decode_rgb(data, "the uploaded image")
+        x = self.preprocess.image(rgb)
+        p = Prepared(x, rgb.shape[:2], None,
+                     self.preprocess.unnormalise(x) if keep_input else None)
+        self.timings["prepare_s"] += time.perf_counter() - t
+        return p
+
     def score(self, prepared, ignore=None):
         """One engine run over prepared images -> (maps [B, H, W] with NaN on ignored pixels,
-        scores [B] = max of the rest)."""
+        scores [B] = max of the rest). ``ignore``: default the model's own mask."""
+        ignore = self.ignore if ignore is None else ignore
         x = np.stack([p.x for p in prepared])
         t = time.perf_counter()
         with self._lock:                              # engines are not all thread-safe
@@ -242,6 +253,7 @@ class Detector:
 
     def finish(self, prepared, amap, score, ignore=None):
         """The ``Prediction`` of one prepared image from its map and score."""
+        ignore = self.ignore if ignore is None else ignore
         t = time.perf_counter()
         out = make_prediction(self.preprocess, amap, score, prepared.original_hw,
                               self.thresholds, ignore, prepared.path, self.threshold_source,

@@ -1,0 +1,191 @@
+"""The HTTP service (FastAPI): thin routes over ``runtime.service`` and ``runtime.detector``.
+
+    POST /predict?category=C[&mask=true][&overlay=true]   an image as the raw body
+         (Content-Type image/png, image/jpeg, ...) or as a multipart field named "image"
+    GET  /health     200 {"status": "ready"} once the models are loaded, else 503
+    GET  /models     categories, engines, input geometry, thresholds, model hashes, load times
+    GET  /metrics    Prometheus text format
+    GET  /           a page to try an image in a browser
+
+Status codes: 400 no image / not an image, 404 unknown category, 413 too large, 503 not ready,
+model not loaded or queue full (with Retry-After), 500 an engine failure. Every error answer is
+JSON {"error": "...", ...}.
+"""
+import logging
+import os
+import time
+from contextlib import asynccontextmanager, contextmanager
+
+from utils import UserError
+
+from .images import b64, mask_png, overlay_png
+from .service import Batcher, Limits, Metrics, QueueFull, Registry
+
+logger = logging.getLogger(__name__)
+
+STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def create_app(model_dir, engine="auto", threads=None, limits=None, load=None):
+    """The FastAPI application serving every model of ``model_dir``.
+
+    Args:
+        load: ``path -> Detector`` (default ``Detector.load`` on ``engine`` / ``threads``).
+    """
+    from fastapi import FastAPI, Request
+    from fastapi.responses import HTMLResponse, JSONResponse, Response
+
+    from .detector import Detector
+    limits = limits or Limits()
+    metrics = Metrics()
+    load = load or (lambda path: Detector.load(path, engine=engine, threads=threads,
+                                               batch_size=limits.max_batch))
+    registry = Registry(model_dir, load, metrics)
+    batcher = Batcher(limits, metrics)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        with _keep_signal_handlers():     # Paddle's import installs handlers that abort on
+            registry.load_all()           # SIGTERM: uvicorn's (drain, then exit) are put back
+        registry.watch(limits.reload_interval_s)
+        await batcher.start()
+        yield
+        registry.stop()
+        await batcher.stop()                           # after uvicorn drained the requests
+
+    app = FastAPI(title="OrthoAD-Paddle inspection service", lifespan=lifespan)
+    app.state.registry, app.state.batcher, app.state.metrics = registry, batcher, metrics
+
+    def error(status, message, category="", **extra):
+        metrics.requests.labels(category, str(status)).inc()
+        metrics.errors.labels(str(status)).inc()
+        headers = {"Retry-After": str(limits.retry_after_s)} if status == 503 else None
+        return JSONResponse({"error": message, **extra}, status_code=status, headers=headers)
+
+    async def read_image(request):
+        """The image bytes of a raw or multipart request (None if it has none)."""
+        size = request.headers.get("content-length")
+        if size and size.isdigit() and int(size) > limits.max_body_bytes:
+            raise _TooLarge()
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if kind == "multipart/form-data":
+            form = await request.form(max_files=1, max_fields=8,
+                                      max_part_size=limits.max_body_bytes)
+            part = form.get("image")
+            if part is None or not hasattr(part, "read"):
+                return None
+            data = await part.read()
+        else:
+            chunks, n = [], 0
+            async for chunk in request.stream():
+                n += len(chunk)
+                if n > limits.max_body_bytes:
+                    raise _TooLarge()
+                chunks.append(chunk)
+            data = b"".join(chunks)
+        if len(data) > limits.max_body_bytes:
+            raise _TooLarge()
+        return data or None
+
+    @app.post("/predict")
+    async def predict(request: Request, category: str = "", mask: bool = False,
+                      overlay: bool = False):
+        start = time.perf_counter()
+        if not registry.ready:
+            return error(503, "the models are still loading: retry shortly")
+        if not category and len(registry.detectors) == 1:
+            category = next(iter(registry.detectors))
+        try:
+            detector = registry.get(category)
+        except LookupError as exc:
+            if isinstance(exc, KeyError):
+                return error(404, f"unknown category '{category}': pass ?category= one of "
+                             + ", ".join(sorted(registry.detectors)), category,
+                             categories=sorted(registry.detectors))
+            return error(503, f"model '{category}' is not loaded ({exc})", category)
+        try:
+            data = await read_image(request)
+        except _TooLarge:
+            return error(413, f"the image is larger than {limits.max_body_bytes} bytes: send a "
+                              "smaller file", category)
+        if data is None:
+            return error(400, "the request holds no image: send the image as the body "
+                              "(Content-Type: image/png, image/jpeg, ...) or as a multipart "
+                              "field named 'image'", category)
+        try:
+            p = await batcher.predict(detector, data, keep_input=overlay)
+        except QueueFull:
+            return error(503, f"the service is busy ({limits.max_queue} requests in): retry "
+                              "after a moment", category)
+        except UserError as exc:
+            return error(400, str(exc), category)
+        except Exception as exc:  # noqa: BLE001 - an engine failure: one answer, service up
+            logger.exception("scoring failed")
+            return error(500, f"scoring failed ({type(exc).__name__}: {exc})", category)
+        body = p.record()
+        body.pop("image", None)
+        body.update(category=category, engine=detector.engine,
+                    model_sha256=detector.source.get("sha256"))
+        if mask:
+            body["mask_png"] = b64(mask_png(p))
+        if overlay:
+            body["overlay_png"] = b64(overlay_png(p, detector.display))
+            body["overlay_size"] = list(p.anomaly_map.shape)
+        elapsed = time.perf_counter() - start
+        body["latency_ms"] = round(1000 * elapsed, 2)
+        metrics.latency.labels(category).observe(elapsed)
+        metrics.requests.labels(category, "200").inc()
+        return body
+
+    @app.get("/health")
+    async def health():
+        if registry.ready and registry.detectors:
+            return {"status": "ready", "models": len(registry.detectors),
+                    "failed": len(registry.failures)}
+        status = "loading" if not registry.ready else "no model loaded"
+        return JSONResponse({"status": status, "failed": registry.failures}, status_code=503)
+
+    @app.get("/models")
+    async def models():
+        return registry.info()
+
+    @app.get("/metrics")
+    async def metrics_text():
+        data, kind = metrics.render()
+        return Response(data, media_type=kind)
+
+    @app.get("/", response_class=HTMLResponse)
+    async def page():
+        with open(os.path.join(STATIC, "index.html"), encoding="utf-8") as fh:
+            return fh.read()
+
+    return app
+
+
+@contextmanager
+def _keep_signal_handlers():
+    import signal
+    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            if callable(handler) or handler in (signal.SIG_DFL, signal.SIG_IGN):
+                try:
+                    signal.signal(sig, handler)
+                except ValueError:                # not the main thread (tests)
+                    pass
+
+
+def app_from_environment():
+    """The application described by ``ORTHOAD_SERVE`` (JSON written by serve.py), for uvicorn's
+    worker processes (``--workers N``), each of which builds its own."""
+    import json
+    cfg = json.loads(os.environ["ORTHOAD_SERVE"])
+    from utils import setup_logging
+    setup_logging()
+    return create_app(cfg["model_dir"], cfg["engine"], cfg["threads"], Limits(**cfg["limits"]))

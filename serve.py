@@ -1,0 +1,78 @@
+"""A warm inspection service: every model of a run folder or a folder of exports behind HTTP
+(FastAPI + uvicorn), loaded once, micro-batched, reloaded when a model file changes.
+
+    python serve.py --model_dir output/ortho_resnet18_k100 --port 8000
+    curl -s --data-binary @part.png -H "Content-Type: image/png" \
+        "http://127.0.0.1:8000/predict?category=brick"
+
+See runtime/app.py for the endpoints and README, Serving, for workers and replicas.
+"""
+import json
+import logging
+import os
+import sys
+
+from utils import ArgumentParser, UserError, positive_int, run_cli  # first: quiets Paddle
+
+logger = logging.getLogger("serve")
+
+
+def get_args(argv=None):
+    p = ArgumentParser(description="Serve every model of a folder over HTTP: POST /predict, "
+                                   "GET /health, /models, /metrics and a page at /.")
+    p.add_argument("--model_dir", type=str, required=True,
+                   help="a run folder (<category>.safetensors files) or a folder of exports "
+                        "(<category>/deploy.json + model.onnx or model.json)")
+    p.add_argument("--host", type=str, default="127.0.0.1",
+                   help="address to listen on (0.0.0.0: every interface)")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on")
+    p.add_argument("--engine", type=str, default="auto",
+                   choices=["auto", "dygraph", "inference", "onnxruntime"],
+                   help="engine of the model files (exports run on their own: ONNX Runtime for "
+                        "model.onnx, Paddle Inference for model.json)")
+    p.add_argument("--workers", type=positive_int, default=1,
+                   help="worker processes (each loads every model; see README, Serving)")
+    p.add_argument("--cpu_threads", type=positive_int, default=None,
+                   help="engine threads per worker (default: every CPU this process may use)")
+    p.add_argument("--max_batch", type=positive_int, default=16,
+                   help="images scored in one engine run")
+    p.add_argument("--max_wait_ms", type=float, default=3.0,
+                   help="how long a batch waits for requests that are still being decoded")
+    p.add_argument("--max_queue", type=positive_int, default=64,
+                   help="requests admitted at once; more get 503 with Retry-After")
+    p.add_argument("--max_body_mb", type=float, default=32.0,
+                   help="largest image upload, in MB (413 beyond)")
+    p.add_argument("--reload_interval", type=float, default=2.0,
+                   help="seconds between checks of the model files for changes (0: never)")
+    return p.parse_args(argv)
+
+
+def main(args):
+    from runtime.service import Limits, discover
+    discover(args.model_dir)                           # a bad folder: one line, before uvicorn
+    if args.max_body_mb <= 0 or args.max_wait_ms < 0 or args.reload_interval < 0:
+        raise UserError("--max_body_mb must be positive, --max_wait_ms and --reload_interval "
+                        "at least 0")
+    limits = Limits(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
+                    max_queue=args.max_queue, max_body_bytes=int(args.max_body_mb * (1 << 20)),
+                    reload_interval_s=args.reload_interval or 1e9)
+    threads = args.cpu_threads
+    if threads is None:
+        threads = max(1, len(os.sched_getaffinity(0)) // args.workers)
+    os.environ["ORTHOAD_SERVE"] = json.dumps({
+        "model_dir": os.path.abspath(args.model_dir), "engine": args.engine,
+        "threads": threads, "limits": limits.__dict__})
+    import signal
+    import uvicorn
+    # uvicorn drains on SIGTERM, then restores this handler and raises the signal again: exit 0
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    logger.info("serving %s on http://%s:%d with %d worker(s), %d engine thread(s) each",
+                args.model_dir, args.host, args.port, args.workers, threads)
+    uvicorn.run("runtime.app:app_from_environment", factory=True, host=args.host,
+                port=args.port, workers=args.workers, log_level="warning",
+                timeout_graceful_shutdown=30, access_log=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main, get_args))
