@@ -60,6 +60,12 @@ def get_args(argv=None):
                         "memory / quality trade-off), e.g. 1,2,4")
     p.add_argument("--hires_n", type=str, default="40,12",
                    help="training,test images of each --hires category")
+    p.add_bool("--serve", False, "load-test serve.py on loopback: 1, 4 and 16 clients, a long "
+               "run, an overload run, 1 against 2 workers (resnet18 k=100, 256 px, ONNX export)")
+    p.add_argument("--serve_requests", type=positive_int, default=2000,
+                   help="requests of the long --serve run (memory growth), e.g. 10000")
+    p.add_bool("--cold_start", False, "time each script's cold start on one image, and a fit "
+               "in a new run folder with and without the user's graph cache")
     p.add_argument("--readers", type=int, default=0,
                    help="also time each data layout's reader on a generated tree of about this "
                         "many files (e.g. 10000)")
@@ -296,47 +302,6 @@ def bench_hires(size_text, work, args):
     return rows
 
 
-def bench_readers(n_files, layouts, work, runs=3):
-    """Seconds to detect the layout and read every category of a generated tree of about
-    ``n_files`` files (one category: 60 % training images, 10 % normal and 15 % defective test
-    images with their masks, 48 px), per layout: the median of ``runs`` reads (page cache
-    warm), and per file."""
-    from datasets.layout_writers import folder_flags
-    from datasets.layouts import Dataset, DataOptions, FORMATS
-    from datasets.visa import _ROWS
-    rows = []
-    for layout in layouts:
-        root = os.path.join(work, f"readers_{layout}")
-        if not os.path.isdir(root):
-            generate(root, ("gravel",), n_train=int(0.6 * n_files), n_good=int(0.1 * n_files),
-                     n_defect=int(0.15 * n_files), size=48, seed=0, layout=layout)
-        if layout == "folder":
-            f = folder_flags(root, "gravel")
-            opts = DataOptions(data_format="folder", normal_dir=f[f.index("--normal_dir") + 1],
-                               normal_test_dir=f[f.index("--normal_test_dir") + 1],
-                               abnormal_dir=f[f.index("--abnormal_dir") + 1:
-                                              f.index("--mask_dir")],
-                               mask_dir=f[f.index("--mask_dir") + 1])
-        else:
-            opts = DataOptions(data_path=root)
-        n = sum(len(files) for _, _, files in os.walk(root)) - 1      # not manifest.json
-
-        def read():
-            _ROWS.clear()                                   # VisA's CSV is parsed every time
-            ds = Dataset(opts)
-            names = ds.select("gravel" if layout == "folder" else "all")
-            return [ds.read(c) for c in names]
-        times = []
-        for _ in range(runs):
-            times.append(_timed(read))
-        data = read()[0]
-        rows.append({"layout": layout, "files": n, "train": len(data.train),
-                     "test": len(data.test), "seconds": float(np.median(times)),
-                     "us_per_file": 1e6 * float(np.median(times)) / n})
-    assert set(layouts) <= set(FORMATS)
-    return rows
-
-
 def _prepare_data(root, n, m, size):
     generate(root, ("brick",), n_train=4 * n, n_good=max(1, m // 3), n_defect=max(1, m - m // 3),
              size=min(size, 512), seed=0)
@@ -400,6 +365,45 @@ def markdown(results, hires, readers=()):
     return "\n".join(lines)
 
 
+def serve_markdown(s):
+    eng = s["engine_ms"]
+    lines = ["", f"engine alone (ONNX Runtime, 2 threads): {eng[1]:.1f} ms per image at batch 1, "
+             f"{eng[8]:.1f} at batch 8; infer.py --batch_size 8: {s['infer_b8_img_s']:.1f} img/s; "
+             f"service ready {s['ready_s']:.1f} s after start",
+             "", "| clients | requests | img/s | p50 ms | p99 ms | mean batch | server RSS MiB | "
+             "answers |", "|---|---|---|---|---|---|---|---|"]
+    for r in s["levels"]:
+        lines.append(f"| {r['clients']} | {r['requests']} | {r['img_s']:.1f} | "
+                     f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['mean_batch']:.2f} | "
+                     f"{r['rss_mib']:.0f} | {r['statuses']} |")
+    lg, ov = s["long"], s["overload"]
+    lines += ["", f"long run: {lg['requests']} requests from 16 clients, {lg['img_s']:.1f} img/s, "
+              f"p99 {lg['p99_ms']:.1f} ms, server RSS {lg['rss_before_mib']:.0f} -> "
+              f"{lg['rss_after_mib']:.0f} MiB (peak {lg['peak_mib']:.0f}), answers "
+              f"{lg['statuses']}; exit status after SIGTERM {s['exit_status']}",
+              f"overload: {ov['clients']} clients x 10 requests, --max_queue {ov['max_queue']}: "
+              f"answers {ov['statuses']}, server RSS {ov['rss_before_mib']:.0f} -> "
+              f"{ov['rss_after_mib']:.0f} MiB",
+              "", "| workers | engine threads each | img/s (16 clients) | p50 ms | p99 ms | RSS MiB "
+              "(all) |", "|---|---|---|---|---|---|"]
+    for w in s["workers"]:
+        lines.append(f"| {w['workers']} | {w['threads_each']} | {w['img_s']:.1f} | "
+                     f"{w['p50_ms']:.1f} | {w['p99_ms']:.1f} | {w['rss_mib']:.0f} |")
+    return "\n".join(lines)
+
+
+def cold_markdown(c):
+    lines = ["", "| command, one 256 px image, new process | median s | min s | max s |",
+             "|---|---|---|---|"]
+    for r in c["scripts"]:
+        lines.append(f"| {r['command']} | {r['median_s']:.2f} | {r['min_s']:.2f} | "
+                     f"{r['max_s']:.2f} |")
+    n = c["new_run_folder"]
+    lines += ["", f"fit in a new run folder: {n['first_s']:.1f} s with an empty graph cache, "
+              f"{n['second_s']:.1f} s in a second new folder (cache: {', '.join(n['graphs'])})"]
+    return "\n".join(lines)
+
+
 def _f(v):
     return "n/a" if v is None else f"{v:.4f}"
 
@@ -420,10 +424,17 @@ def main(args):
     if args.latency and "dygraph" not in engines:
         raise UserError("--latency needs the dygraph fit: add dygraph to --engines")
     work = args.work_dir or tempfile.mkdtemp(prefix="orthoad_bench_")
-    readers = []
+    readers, serve, cold = [], None, None
+    if args.serve:
+        from bench.serve import bench_serve
+        serve = bench_serve(work, long_requests=args.serve_requests)
+    if args.cold_start:
+        from bench.cold_start import bench_cold_start, bench_new_run_folder
+        cold = {"scripts": bench_cold_start(work), "new_run_folder": bench_new_run_folder(work)}
     if args.readers:
         layouts = ["mvtec", "visa", "mvtec_ad2", "mvtec_loco", "btad", "folder"] \
             if args.data_format == "auto" else [args.data_format]
+        from bench.readers import bench_readers
         readers = bench_readers(args.readers, layouts, work)
     data = os.path.join(work, "data")
     if configs and not os.path.isdir(os.path.join(data, "bench_n")):
@@ -435,11 +446,16 @@ def main(args):
             res["latency"] = bench_latency(arch, k, work, args)
         results.append(res)
     hires = [row for s in args.hires.split(",") if s for row in bench_hires(s, work, args)]
-    out = {"results": results, "hires": hires, "readers": readers,
+    out = {"results": results, "hires": hires, "readers": readers, "serve": serve,
+           "cold_start": cold,
            "setup": {"n_train": args.n_train, "n_test": args.n_test, "size": args.size,
                      "batch_size": args.batch_size, "cpus": os.cpu_count()}}
     write_json(args.out, out)
     print(markdown(results, hires, readers))
+    if serve:
+        print(serve_markdown(serve))
+    if cold:
+        print(cold_markdown(cold))
     print(f"\nJSON in {args.out}")
     if not args.work_dir:
         shutil.rmtree(work, ignore_errors=True)

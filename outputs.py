@@ -117,11 +117,9 @@ class PredictionWriter:
             row["server_map"] = write_server_map(root, category, split, path, p.full_map,
                                                  p.pixel_threshold, name)
         if self.save_pic:
-            import visualize
-            vmin, vmax = visualize.display_range(self.display, p.anomaly_map)
-            row["picture"] = visualize.save_prediction(
-                self.out_dir, name, p.input_image, p.anomaly_map, p.score, p.image_threshold,
-                vmin, vmax, p.pixel_threshold)
+            from runtime.figure import save_prediction_figure
+            row["picture"] = save_prediction_figure(
+                os.path.join(ensure_dir(self.out_dir), f"{name}.png"), p, self.display, name)
         self.rows.append(row)
         if self._table is not None:
             self._table.add(row)

@@ -3,7 +3,6 @@
 Maps are always drawn on a fixed colour scale (vmin, vmax) stored in the model at fit time, so
 colours are comparable across images; they are never min-max normalised per image.
 """
-import os
 
 import matplotlib
 import numpy as np
@@ -11,16 +10,9 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from runtime.figure import display_range  # noqa: E402,F401  (re-exported)
 from runtime.predictions import thresholds  # noqa: E402,F401  (re-exported)
 from utils import atomic_path  # noqa: E402
-
-
-def display_range(meta, amap):
-    """(vmin, vmax) of the colour scale: the model's fixed one, else the map's own range."""
-    disp = meta.get("display") or {}
-    if disp.get("vmin") is not None:
-        return disp["vmin"], disp["vmax"]
-    return float(np.nanmin(amap)), float(np.nanmax(amap))
 
 
 def plot_result(path, image, amap, score, threshold=None, vmin=None, vmax=None, gt_mask=None,
@@ -73,10 +65,3 @@ def verdict(score, threshold):
     if threshold is None:
         return "unknown"
     return "anomalous" if score > threshold else "normal"
-
-
-def save_prediction(out_dir, name, image, amap, score, threshold, vmin, vmax,
-                    pixel_threshold=None):
-    """Write the figure of one prediction as <out_dir>/<name>.png; return the picture's path."""
-    return plot_result(os.path.join(out_dir, f"{name}.png"), image, amap, score, threshold,
-                       vmin, vmax, title=name, pixel_threshold=pixel_threshold)

@@ -13,7 +13,6 @@ regions" both happen. ``agree`` says whether they do for this image.
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
 
 from datasets.ignore import original_map
 
@@ -35,7 +34,12 @@ def thresholds(meta):
 
 def regions(mask, full_map):
     """8-connected components of a bool mask [H0, W0] with their statistics on the original-size
-    map: box [left, top, right, bottom) in pixels, area, peak and mean score; largest first."""
+    map: box [left, top, right, bottom) in pixels, area, peak and mean score; largest first.
+    (SciPy is imported only when there is a region: its import is a fifth of a line PC's cold
+    start.)"""
+    if not mask.any():
+        return []
+    from scipy import ndimage
     lab, n = ndimage.label(mask, structure=np.ones((3, 3), dtype=int))
     out = []
     for i, sl in enumerate(ndimage.find_objects(lab), start=1):

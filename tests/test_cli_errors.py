@@ -207,12 +207,12 @@ def _case_model_truncated(base, tmp):
 
 def _case_model_other_k(base, tmp):
     return _eval(base["data"], base, "--model_path", str(base["model"]), "--category",
-                 "brick", "--k", "8"), "was made with k=4"
+                 "brick", "--k", "8"), "--k 8 contradicts the model file"
 
 
 def _case_model_other_arch(base, tmp):
     return _eval(base["data"], base, "--model_path", str(base["model"]), "--category",
-                 "brick", "--arch", "wide_resnet50_2"), "was made with arch=resnet18"
+                 "brick", "--arch", "wide_resnet50_2"), "(arch=resnet18)"
 
 
 def _case_model_newer_format(base, tmp):

@@ -323,3 +323,27 @@ def test_an_engine_failing_at_run_time_falls_back_under_auto_and_stops_otherwise
     strict = _Guarded(broken, "onnxruntime", "onnxruntime", lambda: None, "scoring")
     with pytest.raises(UserError, match="--engine onnxruntime failed .*kernel exploded"):
         strict(None)
+
+
+@pytest.mark.parametrize("script", ["eval", "predict", "export", "calibrate"])
+def test_model_path_behaves_the_same_in_every_script(script, fitted, tmp_path):
+    """With --model_path the file says what it is: model flags left at their defaults are not
+    looked at (the file is k=20; the default --k is 100), a written one that contradicts it is
+    the same one-line error everywhere."""
+    real = model_path(fitted["save"], "ortho", "resnet18", 20, "brick")
+    shutil.copy(real, tmp_path / "brick.safetensors")
+    path = str(tmp_path / "brick.safetensors")
+    image = os.path.join(fitted["data"], "brick", "test", "good", "000.png")
+    cal = tmp_path / "cal"
+    shutil.copytree(os.path.join(fitted["data"], "brick", "train", "good"), cal / "good")
+    base = {"eval": ["eval.py", "--data_path", fitted["data"], "--category", "brick"],
+            "predict": ["predict.py", image, "--save_pic", "false"],
+            "export": ["export_model.py", "--save_dir", str(tmp_path / "exp")],
+            "calibrate": ["calibrate.py", "--calibration_dir", str(cal), "--threshold_target",
+                          "fpr=0.1", "--data_path", fitted["data"]]}[script]
+    ok = run_script(*base, "--model_path", path)
+    assert ok.returncode == 0, ok.stderr[-1500:]
+    bad = run_script(*base, "--model_path", path, "--k", "8")
+    lines = [line for line in bad.stderr.splitlines() if "error:" in line]
+    assert bad.returncode == 2 and len(lines) == 1, bad.stderr[-1500:]
+    assert "--k 8 contradicts the model file" in lines[0] and "(k=20)" in lines[0]

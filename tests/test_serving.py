@@ -360,3 +360,14 @@ def test_the_page_shows_the_verdict_in_a_real_browser(server, models, tmp_path):
         driver.save_screenshot(str(models["root"] / "page.png"))
     finally:
         driver.quit()
+
+
+def test_figure_outline_erosion_equals_scipy():
+    """The figure's mask outline uses a NumPy erosion (no SciPy import at a cold start):
+    against scipy.ndimage.binary_erosion, the oracle."""
+    from scipy import ndimage
+    from runtime.figure import _eroded
+    rng = np.random.default_rng(0)
+    for steps in (1, 2, 3):
+        m = rng.random((40, 50)) < 0.7
+        np.testing.assert_array_equal(_eroded(m, steps), ndimage.binary_erosion(m, iterations=steps))
