@@ -30,6 +30,7 @@ def get_args(argv=None):
                    help="instead of --model_path: the category under --save_path")
     cli.add_model_args(p, fitting=False)
     cli.add_run_args(p)
+    cli.add_precision_args(p, fitting=False)
     cli.add_calibration_args(p)
     cli.add_data_args(p)
     return p.parse_args(argv)

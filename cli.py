@@ -92,6 +92,35 @@ def add_model_args(parser, fitting):
                              "instead of downloading")
 
 
+def add_precision_args(parser, fitting):
+    """``--precision``: the backbone's number format (int8: quantised on VNNI CPUs)."""
+    if fitting:
+        parser.add_argument("--precision", type=str, default="fp32", choices=["fp32", "int8"],
+                            help="int8: fit with the backbone quantised to int8 (ONNX Runtime; "
+                                 "calibrated on normal training images), so that its statistics "
+                                 "and thresholds belong to the int8 graph that will run")
+        parser.add_argument("--calibration_images", type=positive_int, default=None,
+                            help="with --precision int8: normal training images the "
+                                 "quantisation is calibrated on (default: up to 32)")
+    else:
+        parser.add_argument("--precision", type=str, default="auto",
+                            choices=["auto", "fp32", "int8"],
+                            help="the model's own (auto), or fp32 / int8, which must be the "
+                                 "model's: an int8 model's thresholds belong to its int8 graph")
+
+
+def check_precision(requested, model_precision, what):
+    """``--precision`` against the model's (or export's) own; return the one to run."""
+    if requested in (None, "auto") or requested == model_precision:
+        return model_precision
+    if requested == "int8":
+        raise UserError(f"{what} has no int8 graph (it was fitted in fp32): fit it with "
+                        "train.py --precision int8 (and export it with export_model.py --format "
+                        "onnx --precision int8)")
+    raise UserError(f"{what} was fitted with the int8 backbone: its statistics and thresholds "
+                    "belong to the int8 graph; leave --precision out, or fit it again in fp32")
+
+
 def add_run_args(parser):
     """Flags of the scripts that run the backbone over many images."""
     parser.add_argument("--batch_size", type=int, default=16, help="images per forward pass")
@@ -238,6 +267,7 @@ def open_model(args, verb):
     threads = apply_threads(args)
     model = models_io.load(path, None, args.weights)
     check_model_flags(args, model.meta, path)
+    check_precision(getattr(args, "precision", None), model.precision, f"model '{path}'")
     if getattr(args, "engine", None):
         model.use_engine(args.engine, None, threads)
     return model, path
@@ -252,7 +282,10 @@ def open_detector(args, verb="use"):
     from modelfile import read_meta
     from runtime.detector import Detector
     path = model_file(args, verb)
-    check_model_flags(args, read_meta(path) if os.path.isfile(path) else {}, path)
+    meta = read_meta(path) if os.path.isfile(path) else {}
+    check_model_flags(args, meta, path)
+    check_precision(getattr(args, "precision", None), meta.get("precision", "fp32"),
+                    f"model '{path}'")
     threads = apply_threads(args)
     return Detector.load(path, engine=args.engine, threads=threads, weights=args.weights), path
 

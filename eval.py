@@ -27,6 +27,7 @@ def get_args(argv=None):
                         "name with --data_format folder)")
     cli.add_model_args(p, fitting=False)
     cli.add_run_args(p)
+    cli.add_precision_args(p, fitting=False)
     p.add_argument("--model_path", type=str, default=None,
                    help="a model file (one category) instead of <save_path>/<method>_<arch>_k<k>/")
     p.add_argument("--resize", type=int, default=None, help="must match the model file if given")
@@ -55,6 +56,7 @@ def main(args):
                                              category)
         model = models_io.load(path, None, args.weights)
         cli.check_model_flags(args, model.meta, path)
+        cli.check_precision(args.precision, model.precision, f"model '{path}'")
         model.use_engine(args.engine, None, threads)
         if results is None:
             results = RunResults(out_dir, args.report,

@@ -25,6 +25,7 @@ def get_args(argv=None):
     p.add_argument("--category", type=str, default=None,
                    help="instead of --model_path: the category under --save_path")
     cli.add_model_args(p, fitting=False)
+    cli.add_precision_args(p, fitting=False)
     p.add_argument("--save_dir", type=str, default="./output/export",
                    help="folder for the graph files and deploy.json")
     p.add_argument("--format", type=str, default="paddle", choices=list(FORMATS),

@@ -22,6 +22,8 @@ from runtime.batch import input_folder_name, predict_files  # noqa: E402
 from runtime.detector import Detector  # noqa: E402
 
 logger = logging.getLogger("infer")
+ENGINE_NAMES = {"onnxruntime": "ONNX Runtime", "onnxruntime int8": "ONNX Runtime int8",
+                "inference": "Paddle Inference"}
 
 
 def get_args(argv=None):
@@ -45,9 +47,10 @@ def get_args(argv=None):
     p.add_argument("--cpu_threads", type=positive_int, default=2, help="CPU math threads")
     p.add_bool("--enable_mkldnn", True, "Paddle Inference: oneDNN kernels on CPU (faster than "
                "Paddle's own; see README); ONNX Runtime ignores it")
-    p.add_argument("--precision", type=str, default="fp32", choices=["fp32"],
-                   help="fp32 only: the per-patch precision matrices need float32 (kept for "
-                        "TIPC's --precision flag)")
+    p.add_argument("--precision", type=str, default="auto", choices=["auto", "fp32", "int8"],
+                   help="the export's own (auto), or fp32 / int8, which must be the export's "
+                        "(export an int8 model with export_model.py --format onnx --precision "
+                        "int8); the Gaussian and the map head are float32 either way")
     cli.add_prediction_args(p)
     p.add_bool("--enable_benchmark", False,
                "print pre-process / inference / post-process times and peak RSS")
@@ -65,6 +68,7 @@ def main(args):
     detector = Detector.load(args.model_file, threads=args.cpu_threads, use_gpu=args.use_gpu,
                              mkldnn=args.enable_mkldnn, params_file=args.params_file,
                              deploy_file=args.stats)
+    cli.check_precision(args.precision, detector.precision, f"the export '{args.model_file}'")
     if args.category and args.category != detector.category:
         raise UserError(f"the exported model is for category '{detector.category}', not "
                         f"'{args.category}': pass the matching model")
@@ -84,7 +88,7 @@ def main(args):
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         post = total - t["prepare_s"] - t["score_s"]
         print(f"benchmark: {n} images, batch {args.batch_size}, "
-              f"{'ONNX Runtime' if detector.engine == 'onnxruntime' else 'Paddle Inference'} "
+              f"{ENGINE_NAMES.get(detector.engine, detector.engine)} "
               f"{'GPU' if args.use_gpu else f'CPU {args.cpu_threads} threads'}: "
               f"preprocess {1000 * t['prepare_s'] / n:.1f} ms/img, inference "
               f"{1000 * t['score_s'] / n:.1f} ms/img, postprocess {1000 * post / n:.1f} ms/img, "

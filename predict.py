@@ -25,6 +25,7 @@ def get_args(argv=None):
                         ".safetensors)")
     cli.add_model_args(p, fitting=False)
     cli.add_run_args(p)
+    cli.add_precision_args(p, fitting=False)
     p.add_argument("--model_path", type=str, default=None, help="a model file (instead of "
                    "--category)")
     cli.add_prediction_args(p)

@@ -40,7 +40,7 @@ EPS_RANGE = (1e-6, 1e6)
 MEAN_BOUND = 1e6
 MAX_SIDE = 16384
 MAX_SEED = 2 ** 32 - 1
-GRAPH_FILES = ("model.json", "model.pdmodel", "model.onnx")
+GRAPH_FILES = ("model.json", "model.pdmodel", "model.onnx", "model_int8.onnx")
 DEPLOY_VERSION = 2
 
 
@@ -192,6 +192,11 @@ def check_meta(path, meta):
         raise c.fail(f"has n_cells {meta['n_cells']}, but its grid and cells give {n_cells}")
     if meta.get("sums") is not None:
         c.int(c.dict(meta, "sums"), "n_images", 2)
+    if meta.get("precision", "fp32") != "fp32":
+        c.choice(meta, "precision", ("fp32", "int8"))
+        from runtime.quantize import check_ranges
+        check_ranges((meta.get("int8") or {}).get("ranges") if isinstance(meta.get("int8"), dict)
+                     else None, f"model file '{path}'")
     return f, k, n_cells, (h, w)
 
 
@@ -273,14 +278,17 @@ def check_deploy(path, deploy):
     model = c.dict(deploy, "model")
     c.name(model, "category")
     graph = c.choice(deploy, "graph_file", GRAPH_FILES)
-    if (fmt == "onnx") != (graph == "model.onnx"):
-        raise c.fail(f"names graph_file {graph} for the {fmt} format")
+    precision = c.choice(deploy, "precision", ("fp32", "int8")) \
+        if deploy.get("precision") is not None else "fp32"
+    if (fmt == "onnx") != graph.endswith(".onnx") or \
+            (precision == "int8") != (graph == "model_int8.onnx"):
+        raise c.fail(f"names graph_file {graph} for the {precision} {fmt} format")
     digests = [("graph_file", "graph_sha256")]
     if fmt == "paddle":
         c.choice(deploy, "params_file", ("model.pdiparams",))
         digests.append(("params_file", "params_sha256"))
     elif deploy.get("data_file") is not None:
-        c.choice(deploy, "data_file", ("model.onnx.data",))
+        c.choice(deploy, "data_file", (graph + ".data",))
         digests.append(("data_file", "data_sha256"))
     for _, key in digests:
         if not isinstance(deploy.get(key), str) or not SHA256.match(deploy[key]):

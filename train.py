@@ -24,6 +24,7 @@ def get_args(argv=None):
                         "name with --data_format folder)")
     cli.add_model_args(p, fitting=True)
     cli.add_run_args(p)
+    cli.add_precision_args(p, fitting=True)
     cli.add_calibration_args(p)
     cli.add_distributed_args(p)
     p.add_bool("--eval", False, "evaluate each category on its test set after fitting")

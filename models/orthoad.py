@@ -179,3 +179,16 @@ class GaussianScorer(nn.Layer):
 
     def forward(self, x, mean, precision):
         return self.detector.score(self.detector.embed(x), mean, precision)
+
+
+class EmbeddingScorer(nn.Layer):
+    """The scoring graph after the backbone, with the Gaussian as inputs: (y [B, h*w, k],
+    mean [C, k], precision [C, k, k]) -> (map [B, 1, H, W], score [B]). It follows an int8
+    embedding graph, so that only the backbone is quantised."""
+
+    def __init__(self, detector):
+        super().__init__()
+        self.detector = detector
+
+    def forward(self, y, mean, precision):
+        return self.detector.score(y, mean, precision)

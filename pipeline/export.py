@@ -36,12 +36,16 @@ def _deploy_record(model, fmt, files):
     height, width = model.preprocess.input_hw
     meta = {k: v for k, v in model.meta.items() if k != "versions"}
     record = {"deploy_version": DEPLOY_VERSION, "format": fmt,
+              "precision": model.precision,
               "preprocess": model.preprocess.config(), "input_size": [height, width],
               "threshold": model.meta.get("threshold"), "display": model.meta.get("display"),
               "model": meta, "outputs": ["anomaly_map [B, 1, H, W]", "image_score [B]"]}
     ignore = model.ignore
     if ignore is not None:          # applied after the graph by infer.py (outputs.apply_ignore)
         record["ignore_mask"] = encode_mask(ignore)
+    if model.precision == "int8":
+        record["int8"] = {"calibration": model.meta["int8"]["calibration"],
+                          "quantised": model.meta["int8"]["calibration"].get("quantised")}
     record.update(files)
     return record
 
@@ -60,28 +64,30 @@ def _external_tensor(name, array, location, offset):
 
 
 def _bake_gaussian(src, dst, mean, precision):
-    """Turn the ``mean`` / ``precision`` inputs of the ONNX graph ``src`` into initializers,
-    name the outputs, and save to ``dst``; above the protobuf limit the Gaussian's bytes go to
-    ``model.onnx.data`` beside it (page-aligned), written straight from the arrays.
+    """Turn the ``mean`` / ``precision`` inputs of the ONNX graph ``src`` (a file or a
+    ModelProto) into initializers, name the outputs, and save to ``dst``; above the protobuf
+    limit the Gaussian's bytes go to ``<dst>.data`` beside it (page-aligned), written straight
+    from the arrays.
 
     Returns:
-        True if the Gaussian went to external data.
+        the external data file's name, or None.
     """
     import onnx
     from onnx import numpy_helper
-    model = onnx.load(src)
+    model = onnx.load(src) if isinstance(src, str) else src
+    data_name = os.path.basename(dst) + ".data"
     graph = model.graph
     gaussian = [("mean", np.ascontiguousarray(mean, dtype=np.float32)),
                 ("precision", np.ascontiguousarray(precision, dtype=np.float32))]
     external = model.ByteSize() + sum(a.nbytes for _, a in gaussian) > EXTERNAL_ABOVE
     if external:
         offset = 0
-        with atomic_path(os.path.join(os.path.dirname(dst), ONNX_DATA)) as tmp, \
+        with atomic_path(os.path.join(os.path.dirname(dst), data_name)) as tmp, \
                 open(tmp, "wb") as fh:
             for name, array in gaussian:
                 fh.write(b"\0" * (-offset % 4096))
                 offset += -offset % 4096
-                graph.initializer.append(_external_tensor(name, array, ONNX_DATA, offset))
+                graph.initializer.append(_external_tensor(name, array, data_name, offset))
                 fh.write(memoryview(array.reshape(-1)).cast("B"))
                 offset += array.nbytes
     else:
@@ -97,7 +103,35 @@ def _bake_gaussian(src, dst, mean, precision):
             node.input[:] = [new if i == old else i for i in node.input]
         out.name = new
     onnx.save_model(model, dst)
-    return external
+    return data_name if external else None
+
+
+def _int8_graph(model):
+    """The int8 deployment graph as one ONNX model (Gaussian inputs still open): the int8
+    embedding graph (quantised backbone, ``runtime.quantize``) joined to the float32 head."""
+    import onnx
+    from onnx import compose
+
+    from .graphs import build, build_int8, default_cache
+    cache = default_cache()
+    embed = onnx.load(os.path.join(build_int8(model.detector, cache,
+                                              model.meta["int8"]["ranges"]), "model.onnx"))
+    head = onnx.load(os.path.join(build("head", model.detector, cache, "onnx"), "model.onnx"))
+    for m in (embed, head):                           # one IR version and opset for both
+        m.ir_version = max(embed.ir_version, head.ir_version)
+    opset = max(o.version for o in list(embed.opset_import) + list(head.opset_import)
+                if o.domain in ("", "ai.onnx"))
+    embed, head = (onnx.version_converter.convert_version(m, opset)
+                   if next(o.version for o in m.opset_import if o.domain in ("", "ai.onnx"))
+                   != opset else m for m in (embed, head))
+    merged = compose.merge_models(embed, head, io_map=[(embed.graph.output[0].name, "y")],
+                                  prefix1="backbone_")
+    for i in merged.graph.input:                       # the input keeps its name: image
+        if i.name == "backbone_image":
+            i.name = "image"
+    for node in merged.graph.node:
+        node.input[:] = ["image" if n == "backbone_image" else n for n in node.input]
+    return merged
 
 
 def export(model, save_dir, fmt="paddle"):
@@ -111,6 +145,10 @@ def export(model, save_dir, fmt="paddle"):
 
 
 def _export(model, save_dir, fmt):
+    if fmt == "paddle" and model.precision == "int8":
+        from utils import UserError
+        raise UserError("an int8 model is exported as ONNX (its int8 graph runs on ONNX "
+                        "Runtime): pass --format onnx")
     tmp = tempfile.mkdtemp(prefix=".export.", dir=save_dir)
     try:
         if fmt == "paddle":
@@ -121,18 +159,22 @@ def _export(model, save_dir, fmt):
         else:
             work = os.path.join(tmp, "work")
             os.makedirs(work)
-            graph, params = export_static(*graph_layer("score", model.detector), work)
-            to_onnx(graph, params, os.path.join(work, "inputs.onnx"))
-            onnx_file = os.path.join(tmp, "model.onnx")
-            external = _bake_gaussian(os.path.join(work, "inputs.onnx"), onnx_file,
-                                      model.arrays["mean"], model.arrays["precision"])
+            name = "model_int8.onnx" if model.precision == "int8" else "model.onnx"
+            if model.precision == "int8":
+                src = _int8_graph(model)
+            else:
+                graph, params = export_static(*graph_layer("score", model.detector), work)
+                src = to_onnx(graph, params, os.path.join(work, "inputs.onnx"))
+            onnx_file = os.path.join(tmp, name)
+            external = _bake_gaussian(src, onnx_file, model.arrays["mean"],
+                                      model.arrays["precision"])
             shutil.rmtree(work)
-            files = {"graph_file": "model.onnx", "graph_sha256": sha256_file(onnx_file)}
-            names = ["model.onnx"]
+            files = {"graph_file": name, "graph_sha256": sha256_file(onnx_file)}
+            names = [name]
             if external:
-                files.update({"data_file": ONNX_DATA,
-                              "data_sha256": sha256_file(os.path.join(tmp, ONNX_DATA))})
-                names.append(ONNX_DATA)
+                files.update({"data_file": external,
+                              "data_sha256": sha256_file(os.path.join(tmp, external))})
+                names.append(external)
         write_json(os.path.join(tmp, "deploy.json"), _deploy_record(model, fmt, files))
         written = []
         for name in names + ["deploy.json"]:

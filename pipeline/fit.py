@@ -54,6 +54,8 @@ class FitConfig:
     stats: str = "auto"
     ignore_mask: str = None
     save_sums: bool = False
+    precision: str = "fp32"
+    calibration_images: int = None
 
     @classmethod
     def from_args(cls, args):
@@ -64,7 +66,8 @@ class FitConfig:
                    eps=args.eps, holdout=args.holdout,
                    input_size=parse_input_size(args.input_size), cell=parse_cell(args.cell),
                    engine=args.engine, stats=args.stats, ignore_mask=args.ignore_mask,
-                   save_sums=args.save_sums)
+                   save_sums=args.save_sums, precision=args.precision,
+                   calibration_images=args.calibration_images)
 
     def request(self):
         """What the user asked for that decides the model (stored in it; compared before a
@@ -73,7 +76,7 @@ class FitConfig:
             list(self.cell)
         size = self.input_size if self.input_size == "auto" else list(self.input_size)
         return {"seed": self.seed, "eps": self.eps, "input_size": size, "resize": self.resize,
-                "crop_size": self.crop_size, "cell": cell}
+                "crop_size": self.crop_size, "cell": cell, "precision": self.precision}
 
 
 def check_replacement(path, cfg, backbone):
@@ -247,7 +250,10 @@ def fit_category(data, cfg, backbone, cache_dir, group=None):
                                           paddle.device.get_device().startswith("gpu"))
     gaussian = DeviceGaussian if on_device else PatchGaussian
     gauss = gaussian(eps=cfg.eps, members=detector.members if detector.cell_size > 1 else None)
-    embed, engine = embedder(cfg.engine, detector, cache_dir, linalg.n_threads())
+    int8 = calibrate_int8(detector, fit_files, preprocess, batch, cfg, cache_dir, category) \
+        if cfg.precision == "int8" else None
+    embed, engine = embedder(cfg.engine, detector, cache_dir, linalg.n_threads(),
+                             int8 and int8["ranges"])
     shard = group.shard(fit_files, reserve=len(hold_files))
     batches = embed_files(embed, shard, preprocess, batch, f"fit {category}")
     first = next(batches, None)
@@ -310,6 +316,9 @@ def fit_category(data, cfg, backbone, cache_dir, group=None):
     arrays = {"projection": w, "mean": gauss.mean_, "precision": gauss.precision_}
     if ignore is not None:
         arrays["ignore"] = ignore.astype(np.uint8)
+    meta["precision"] = cfg.precision
+    if int8:
+        meta["int8"] = int8
     if cfg.save_sums:
         arrays.update(pack_state(gauss.state()))
         meta["sums"] = {"n_images": gauss.n_samples_seen_, "packing": "upper triangle, by row"}
@@ -318,6 +327,40 @@ def fit_category(data, cfg, backbone, cache_dir, group=None):
     on_gpu = getattr(gauss, "precision_tensor_", None)           # already on the device
     detector.set_gaussian(gauss.mean_, gauss.precision_ if on_gpu is None else on_gpu)
     return model
+
+
+DEFAULT_CALIBRATION = 32
+
+
+def calibrate_int8(detector, files, preprocess, batch, cfg, cache_dir, category):
+    """The int8 backbone's calibration record: activation ranges of the float32 embedding graph
+    over a seeded draw of normal training images (never test images), and which ones."""
+    from runtime.quantize import MIN_CALIBRATION, QUANTISED, calibrate
+    from .graphs import build, default_cache, int8_engine
+    int8_engine(cfg.engine)
+    wanted = cfg.calibration_images
+    n = min(len(files), DEFAULT_CALIBRATION) if wanted is None else wanted
+    if wanted is not None and wanted > len(files):
+        raise UserError(f"--calibration_images {wanted}: '{category}' has only {len(files)} "
+                        "normal training images to calibrate on (the held-out ones excluded): "
+                        "ask for fewer, or add images")
+    if n < MIN_CALIBRATION:
+        raise UserError(f"int8 needs at least {MIN_CALIBRATION} calibration images; "
+                        f"'{category}' gives {n}: add normal training images or use "
+                        "--precision fp32")
+    pick = sorted(np.random.default_rng(cfg.seed).choice(len(files), n, replace=False).tolist())
+    chosen = [files[i] for i in pick]
+    src = os.path.join(build("embed", detector, cache_dir or default_cache(), "onnx"),
+                       "model.onnx")
+    t = time.perf_counter()
+    batches = (np.stack(b) for b in prefetch_batches(
+        chosen, lambda f: preprocess.image(load_rgb(f)), batch))
+    ranges = calibrate(src, batches)
+    logger.info("%s: int8 backbone calibrated on %d normal training images in %.1f s (%d "
+                "activation ranges)", category, n, time.perf_counter() - t, len(ranges))
+    return {"ranges": ranges, "calibration": {
+        "n_images": n, "files": [os.path.basename(f) for f in chosen], "seed": cfg.seed,
+        "method": "MinMax", "quantised": QUANTISED}}
 
 
 def _image_sizes(files, limit=64):

@@ -36,7 +36,7 @@ import numpy as np
 import paddle
 from paddle.static import InputSpec
 
-from models.orthoad import Embedder, GaussianScorer
+from models.orthoad import EmbeddingScorer, Embedder, GaussianScorer
 from utils import UserError, ensure_dir, sha256_file, write_json
 
 from runtime import engines
@@ -89,8 +89,8 @@ def _key(kind, detector, fmt="paddle"):
 
 
 def graph_layer(kind, detector):
-    """(layer, input specs) of a graph kind: embed, score (Gaussian as inputs) or deploy
-    (Gaussian inside)."""
+    """(layer, input specs) of a graph kind: embed, score (Gaussian as inputs), head (the score
+    graph after the backbone: embeddings and Gaussian as inputs) or deploy (Gaussian inside)."""
     h, w = detector.input_hw
     image = InputSpec([None, 3, h, w], "float32", "image")
     if kind == "embed":
@@ -98,8 +98,12 @@ def graph_layer(kind, detector):
     if kind == "deploy":                                  # the Gaussian inside, as parameters
         return detector, [image]
     c, k = detector.n_cells, detector.k
-    return GaussianScorer(detector), [image, InputSpec([c, k], "float32", "mean"),
-                                      InputSpec([c, k, k], "float32", "precision")]
+    gaussian = [InputSpec([c, k], "float32", "mean"), InputSpec([c, k, k], "float32",
+                                                                "precision")]
+    if kind == "head":
+        return EmbeddingScorer(detector), [InputSpec([None, detector.n_positions, k],
+                                                     "float32", "y")] + gaussian
+    return GaussianScorer(detector), [image] + gaussian
 
 
 @contextlib.contextmanager
@@ -253,6 +257,54 @@ def build(kind, detector, cache_dir, fmt="paddle"):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def ranges_key(ranges):
+    return hashlib.sha256(json.dumps(ranges, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def build_int8(detector, cache_dir, ranges):
+    """The folder of the int8 embedding graph (``runtime.quantize``) of ``detector`` with the
+    calibration ``ranges``, built from the float32 one if missing or broken."""
+    from runtime.quantize import quantize_graph
+    cache_dir = ensure_dir(cache_dir)
+    src = os.path.join(build("embed", detector, cache_dir, "onnx"), "model.onnx")
+    folder = os.path.join(cache_dir, f"embed8-{_key('embed', detector, 'onnx')}-"
+                                     f"{ranges_key(ranges)}-onnx")
+    if os.path.isdir(folder):
+        why = _problem(folder)
+        if why is None:
+            return folder
+        logger.warning("the cached int8 graph %s is unusable (%s): building it again", folder,
+                       why)
+        shutil.rmtree(folder, ignore_errors=True)
+    tmp = tempfile.mkdtemp(prefix=".embed8.", dir=cache_dir)
+    try:
+        quantize_graph(src, ranges, os.path.join(tmp, "model.onnx"))
+        write_json(os.path.join(tmp, MANIFEST), {
+            "kind": "embed8", "format": "onnx", "tools": tool_versions("onnx"),
+            "files": {"model.onnx": sha256_file(os.path.join(tmp, "model.onnx"))}})
+        try:
+            os.rename(tmp, folder)
+            logger.info("built the int8 embed graph in %s", folder)
+        except OSError:
+            if not os.path.isdir(folder) or _problem(folder):
+                raise
+        return folder
+    except OSError as exc:
+        raise CacheError(f"cannot write the int8 graph to the cache '{cache_dir}' "
+                         f"({exc.strerror or exc}): free space there or set ORTHOAD_CACHE to "
+                         "another folder") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def int8_engine(requested):
+    if requested not in ("auto", "onnxruntime"):
+        raise UserError(f"--precision int8 runs on ONNX Runtime, not --engine {requested}: use "
+                        "--engine onnxruntime (or auto)")
+    engines.require("onnxruntime")
+    return "onnxruntime"
+
+
 def _compiled(kind, detector, engine, cache_dir, threads):
     folder = build(kind, detector, cache_dir, "onnx" if engine == "onnxruntime" else "paddle")
     if engine == "onnxruntime":
@@ -306,12 +358,18 @@ def _with_fallback(engine, requested, make_compiled, make_dygraph, what):
     return _Guarded(fn, engine, requested, make_dygraph, what), engine
 
 
-def embedder(requested, detector, cache_dir=None, threads=None):
+def embedder(requested, detector, cache_dir=None, threads=None, int8=None):
     """(fn(x [B, 3, H, W] float32 ndarray) -> y [B, h*w, k], engine used); y is an ndarray,
     or for dygraph a Tensor on the current device (the statistics can stay there). Graphs are
-    cached in ``cache_dir`` (default: the user's cache, ``default_cache``)."""
-    engine = engines.resolve(requested)
+    cached in ``cache_dir`` (default: the user's cache, ``default_cache``). ``int8``: the
+    calibration ranges of an int8 backbone (ONNX Runtime only, never a silent fallback)."""
     cache_dir = cache_dir or default_cache()
+    if int8 is not None:
+        int8_engine(requested)
+        graph = engines.OnnxRuntimeGraph(os.path.join(build_int8(detector, cache_dir, int8),
+                                                      "model.onnx"), threads)
+        return (lambda x: graph.run({"image": x})[0]), "onnxruntime int8"
+    engine = engines.resolve(requested)
 
     def dygraph():
         def run(x):
@@ -325,11 +383,19 @@ def embedder(requested, detector, cache_dir=None, threads=None):
     return _with_fallback(engine, requested, compiled, dygraph, "embedding")
 
 
-def scorer(requested, detector, mean, precision, cache_dir=None, threads=None):
+def scorer(requested, detector, mean, precision, cache_dir=None, threads=None, int8=None):
     """(fn(x) -> (maps [B, H, W], scores [B]), engine used) under the Gaussian (mean,
-    precision), which the compiled graphs receive as inputs without copies."""
-    engine = engines.resolve(requested)
+    precision), which the compiled graphs receive as inputs without copies. ``int8``: the
+    calibration ranges of an int8 backbone: the int8 embedding graph, then the float32 head."""
     cache_dir = cache_dir or default_cache()
+    if int8 is not None:
+        embed, _ = embedder(requested, detector, cache_dir, threads, int8)
+        head = engines.OnnxRuntimeGraph(os.path.join(build("head", detector, cache_dir, "onnx"),
+                                                     "model.onnx"), threads)
+        head.share("mean", np.ascontiguousarray(mean, dtype=np.float32))
+        head.share("precision", np.ascontiguousarray(precision, dtype=np.float32))
+        return (lambda x: engines.map_and_score(head.run({"y": embed(x)}))), "onnxruntime int8"
+    engine = engines.resolve(requested)
 
     def dygraph():
         def run(x):

@@ -40,12 +40,19 @@ class Model:
                                      a["mean"], a["precision"], self.meta.get("cell", 1))
         return self._detector
 
+    @property
+    def precision(self):
+        """'int8' if the model was fitted with the int8 backbone (its statistics and thresholds
+        belong to it), else 'fp32'."""
+        return self.meta.get("precision", "fp32")
+
     def use_engine(self, requested, cache_dir=None, threads=None):
         """Score with ``requested`` (``--engine``; graphs cached in ``cache_dir``, default the
-        user's graph cache)."""
+        user's graph cache); an int8 model on its int8 backbone."""
         from .graphs import scorer
+        int8 = self.meta["int8"]["ranges"] if self.precision == "int8" else None
         self._scorer, self.engine = scorer(requested, self.detector, self.arrays["mean"],
-                                           self.arrays["precision"], cache_dir, threads)
+                                           self.arrays["precision"], cache_dir, threads, int8)
         return self
 
     @property

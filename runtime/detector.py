@@ -36,7 +36,7 @@ from .predictions import make_prediction, thresholds
 
 logger = logging.getLogger(__name__)
 
-GRAPH_NAMES = ("model.onnx", "model.json", "model.pdmodel")
+GRAPH_NAMES = ("model.onnx", "model_int8.onnx", "model.json", "model.pdmodel")
 MAX_DEPLOY_BYTES = 64 << 20
 
 
@@ -54,8 +54,11 @@ def _deploy_of(path, deploy_file=None):
     """(export folder, graph file, deploy.json path) of an export given as a folder or file."""
     if os.path.isdir(path):
         folder = path
-        graph = next((os.path.join(folder, n) for n in GRAPH_NAMES
-                      if os.path.isfile(os.path.join(folder, n))), None)
+        stats = deploy_file or os.path.join(folder, "deploy.json")
+        named = _graph_named_in(stats)              # the graph deploy.json describes
+        graph = os.path.join(folder, named) if named else next(
+            (os.path.join(folder, n) for n in GRAPH_NAMES
+             if os.path.isfile(os.path.join(folder, n))), None)
         if graph is None:
             raise UserError(f"'{path}' holds no exported graph ({', '.join(GRAPH_NAMES)}): "
                             "export one with export_model.py")
@@ -65,6 +68,17 @@ def _deploy_of(path, deploy_file=None):
     if os.path.isdir(stats):
         stats = os.path.join(stats, "deploy.json")
     return folder, graph, stats
+
+
+def _graph_named_in(stats):
+    """The graph_file deploy.json names, if it is one of ``GRAPH_NAMES`` (else None: the
+    schema check of read_deploy reports the file)."""
+    try:
+        with open(stats, encoding="utf-8") as fh:
+            name = json.load(fh).get("graph_file")
+    except (OSError, ValueError, AttributeError, RecursionError):
+        return None
+    return name if name in GRAPH_NAMES else None
 
 
 def read_deploy(graph, params=None, stats=None):
@@ -140,6 +154,10 @@ class Detector:
 
     # ------------------------------------------------------------------ loading
 
+    @property
+    def precision(self):
+        return self.meta.get("precision", "fp32")
+
     @classmethod
     def load(cls, path, engine="auto", threads=None, use_gpu=False, mkldnn=True, weights=None,
              params_file=None, deploy_file=None, batch_size=8):
@@ -167,7 +185,9 @@ class Detector:
             engine = "inference"
         ignore = decode_mask(deploy["ignore_mask"]) if deploy.get("ignore_mask") else None
         meta = dict(deploy["model"], threshold=deploy.get("threshold"),
-                    display=deploy.get("display"))
+                    display=deploy.get("display"), precision=deploy.get("precision", "fp32"))
+        if deploy.get("precision") == "int8":
+            engine = "onnxruntime int8"
         source = {"kind": "export", "format": deploy["format"], "graph": graph_file,
                   "deploy": stats, "sha256": deploy["graph_sha256"]}
         return cls(lambda x: map_and_score(graph.run({"image": x})), pre, meta, engine,
@@ -197,7 +217,7 @@ class Detector:
     def info(self):
         """What the service's /models shows of this detector."""
         h, w = self.preprocess.input_hw
-        return {"category": self.category, "engine": self.engine,
+        return {"category": self.category, "engine": self.engine, "precision": self.precision,
                 "input_size": [h, w], "geometry": self.preprocess.mode,
                 "image_threshold": self.thresholds[0], "pixel_threshold": self.thresholds[1],
                 "threshold_source": self.threshold_source, "source": self.source,

@@ -1,0 +1,144 @@
+"""int8 backbones: the fit runs on the int8 graph calibrated on the recorded normal training
+images (checked against a graph quantised directly with ONNX Runtime's own quantize_static, the
+oracle), every engine path and the export give the same maps, and every misuse is one line."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+import export_model
+import train
+from conftest import run_script
+from utils import model_path
+
+FIT = ["--no-pretrained", "--k", "8", "--input_size", "64", "--batch_size", "8"]
+
+
+@pytest.fixture(scope="module")
+def int8_model(tmp_path_factory):
+    from datasets.synthetic import generate
+    root = tmp_path_factory.mktemp("int8")
+    generate(str(root / "d"), ("brick",), n_train=14, n_good=3, n_defect=6, size=64)
+    save = str(root / "o")
+    rows = train.main(train.get_args(["--data_path", str(root / "d"), "--save_path", save,
+                                      *FIT, "--precision", "int8", "--calibration_images", "8",
+                                      "--eval", "--eval_PRO"]))
+    return {"root": root, "data": str(root / "d"), "save": save, "rows": rows,
+            "path": model_path(save, "ortho", "resnet18", 8, "brick")}
+
+
+def test_int8_fit_equals_onnxruntime_quantisation_of_the_recorded_calibration(int8_model,
+                                                                              tmp_path):
+    """The oracle: ONNX Runtime's quantize_static, called directly on the float32 embedding graph
+    with the calibration images the model records, embeds the training images; their two-pass
+    float64 mean equals the model's (so the stored ranges rebuild the same graph, and the fit
+    used it)."""
+    from onnxruntime import InferenceSession
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
+                                          QuantType, quantize_static)
+    from onnxruntime.quantization.preprocess import quant_pre_process
+
+    from datasets.transforms import load_rgb
+    from modelfile import load_checked
+    from pipeline import model as models_io
+    from pipeline.graphs import build, default_cache
+    meta, arrays = load_checked(int8_model["path"])
+    assert meta["precision"] == "int8" and meta["engine"] == "onnxruntime int8"
+    cal = meta["int8"]["calibration"]
+    train_dir = os.path.join(int8_model["data"], "brick", "train", "good")
+    assert cal["n_images"] == 8 and set(cal["files"]) <= set(os.listdir(train_dir))
+    assert not set(cal["files"]) & set(meta["threshold"]["holdout_files"])
+    model = models_io.load(int8_model["path"])
+    src = os.path.join(build("embed", model.detector, default_cache(), "onnx"), "model.onnx")
+    pre = model.preprocess
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            xs = np.stack([pre.image(load_rgb(os.path.join(train_dir, f)))
+                           for f in cal["files"]])
+            self.it = iter([{"image": xs}])
+
+        def get_next(self):
+            return next(self.it, None)
+    quant_pre_process(src, str(tmp_path / "pre.onnx"), skip_symbolic_shape=True)
+    quantize_static(str(tmp_path / "pre.onnx"), str(tmp_path / "q.onnx"), Reader(),
+                    quant_format=QuantFormat.QDQ, op_types_to_quantize=["Conv"],
+                    per_channel=True, activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax)
+    sess = InferenceSession(str(tmp_path / "q.onnx"), providers=["CPUExecutionProvider"])
+    files = sorted(os.listdir(train_dir))
+    x = np.stack([pre.image(load_rgb(os.path.join(train_dir, f))) for f in files])
+    y = sess.run(None, {"image": x})[0].astype(np.float64)            # [N, P, k]
+    scale = np.abs(y).max()
+    np.testing.assert_allclose(arrays["mean"], y.mean(axis=0), atol=1e-5 * scale)
+
+
+def test_int8_model_export_and_engines_give_the_same_maps(int8_model, tmp_path):
+    """eval on the model (int8 embedding graph + float32 head, cached), predict, and infer.py on
+    the exported single-file int8 graph agree."""
+    import infer
+    import predict
+    folder = os.path.join(int8_model["data"], "brick", "test", "blob")
+    export_model.main(export_model.get_args(["--model_path", int8_model["path"], "--save_dir",
+                                             str(tmp_path / "exp"), "--format", "onnx"]))
+    deploy = json.loads((tmp_path / "exp" / "deploy.json").read_text())
+    assert deploy["precision"] == "int8" and deploy["graph_file"] == "model_int8.onnx"
+    assert deploy["int8"]["calibration"]["n_images"] == 8
+    a = predict.main(predict.get_args([folder, "--model_path", int8_model["path"],
+                                       "--save_pic", "false", "--output", str(tmp_path / "p")]))
+    b = infer.main(infer.get_args(["--model_file", str(tmp_path / "exp"), "--input_file",
+                                   folder, "--save_pic", "false", "--save_path",
+                                   str(tmp_path / "i"), "--precision", "int8"]))
+    for ra, rb in zip(a, b):
+        np.testing.assert_allclose(rb["map"], ra["map"], rtol=1e-5,
+                                   atol=1e-5 * np.nanmax(ra["map"]))
+        assert ra["verdict"] == rb["verdict"]
+    import eval as eval_script
+    row = int8_model["rows"][0]                       # train.py --eval, from memory
+    again = eval_script.main(eval_script.get_args([
+        "--data_path", int8_model["data"], "--save_path", int8_model["save"], "--k", "8",
+        "--eval_PRO", "--precision", "int8"]))[0]       # the saved model, graphs rebuilt
+    for key in ("image_auroc", "pixel_auroc", "au_pro"):
+        assert again[key] == pytest.approx(row[key], abs=1e-9), key
+
+
+@pytest.mark.parametrize("case,expected", [
+    ("fit_on_dygraph", "--precision int8 runs on ONNX Runtime, not --engine dygraph"),
+    ("too_many_calibration_images", "--calibration_images 500: 'brick' has only"),
+    ("eval_int8_on_fp32_model", "has no int8 graph (it was fitted in fp32): fit it with "
+                                "train.py --precision int8"),
+    ("eval_fp32_on_int8_model", "was fitted with the int8 backbone"),
+    ("export_int8_as_paddle", "an int8 model is exported as ONNX"),
+])
+def test_int8_misuse_is_one_line(case, expected, int8_model, fitted, tmp_path):
+    fp32 = model_path(fitted["save"], "ortho", "resnet18", 20, "brick")
+    args = {
+        "fit_on_dygraph": ["train.py", "--data_path", int8_model["data"], "--save_path",
+                           str(tmp_path / "o"), *FIT, "--precision", "int8", "--engine",
+                           "dygraph"],
+        "too_many_calibration_images": ["train.py", "--data_path", int8_model["data"],
+                                        "--save_path", str(tmp_path / "o"), *FIT,
+                                        "--precision", "int8", "--calibration_images", "500"],
+        "eval_int8_on_fp32_model": ["eval.py", "--data_path", fitted["data"], "--category",
+                                    "brick", "--model_path", fp32, "--precision", "int8"],
+        "eval_fp32_on_int8_model": ["eval.py", "--data_path", int8_model["data"],
+                                    "--model_path", int8_model["path"], "--category", "brick",
+                                    "--precision", "fp32"],
+        "export_int8_as_paddle": ["export_model.py", "--model_path", int8_model["path"],
+                                  "--save_dir", str(tmp_path / "e")],
+    }[case]
+    r = run_script(*args)
+    lines = [line for line in r.stderr.splitlines() if "error:" in line]
+    assert r.returncode == 2 and "Traceback" not in r.stderr and len(lines) == 1, r.stderr[-1500:]
+    assert expected in lines[0], lines[0]
+
+
+def test_infer_int8_on_an_fp32_export_names_the_command(fitted, tmp_path):
+    fp32 = model_path(fitted["save"], "ortho", "resnet18", 20, "brick")
+    export_model.main(export_model.get_args(["--model_path", fp32, "--save_dir",
+                                             str(tmp_path / "e"), "--format", "onnx"]))
+    r = run_script("infer.py", "--model_file", str(tmp_path / "e" / "model.onnx"),
+                   "--input_file", os.path.join(fitted["data"], "brick", "test", "good"),
+                   "--precision", "int8")
+    assert r.returncode == 2 and "export_model.py --format onnx --precision int8" in r.stderr
