@@ -60,6 +60,10 @@ def get_args(argv=None):
                         "memory / quality trade-off), e.g. 1,2,4")
     p.add_argument("--hires_n", type=str, default="40,12",
                    help="training,test images of each --hires category")
+    p.add_argument("--precision", type=str, nargs="+", default=None,
+                   choices=["fp32", "int8"],
+                   help="compare these precisions on --configs (e.g. --precision fp32 int8): "
+                        "fit, evaluation and inference images/s and the metric deltas")
     p.add_bool("--serve", False, "load-test serve.py on loopback: 1, 4 and 16 clients, a long "
                "run, an overload run, 1 against 2 workers (resnet18 k=100, 256 px, ONNX export)")
     p.add_argument("--serve_requests", type=positive_int, default=2000,
@@ -424,7 +428,12 @@ def main(args):
     if args.latency and "dygraph" not in engines:
         raise UserError("--latency needs the dygraph fit: add dygraph to --engines")
     work = args.work_dir or tempfile.mkdtemp(prefix="orthoad_bench_")
-    readers, serve, cold = [], None, None
+    readers, serve, cold, precision = [], None, None, []
+    if args.precision:
+        from bench.precision import bench_precision
+        precision = bench_precision(configs, args.precision, work, args.n_train, args.n_test,
+                                    args.size)
+        configs = []                               # the precision runs replace the fit table
     if args.serve:
         from bench.serve import bench_serve
         serve = bench_serve(work, long_requests=args.serve_requests)
@@ -447,11 +456,15 @@ def main(args):
         results.append(res)
     hires = [row for s in args.hires.split(",") if s for row in bench_hires(s, work, args)]
     out = {"results": results, "hires": hires, "readers": readers, "serve": serve,
+           "precision": precision,
            "cold_start": cold,
            "setup": {"n_train": args.n_train, "n_test": args.n_test, "size": args.size,
                      "batch_size": args.batch_size, "cpus": os.cpu_count()}}
     write_json(args.out, out)
     print(markdown(results, hires, readers))
+    if precision:
+        from bench.precision import markdown as precision_markdown
+        print(precision_markdown(precision))
     if serve:
         print(serve_markdown(serve))
     if cold:

@@ -17,8 +17,14 @@ from utils import UserError
 
 logger = logging.getLogger(__name__)
 
-QUANTISED = "Conv (QDQ, per-channel int8 weights, uint8 activations, MinMax ranges)"
+QUANTISED = "Conv (QDQ, per-channel int8 weights, uint8 activations, MinMax ranges x 1.5)"
 MIN_CALIBRATION = 4
+# The calibration images are normal; a defect drives activations beyond their ranges, and
+# clipping there would flatten exactly the responses that make the anomaly score. Measured on
+# generated defects (random resnet18 and wide_resnet50_2, embedding error of the worst 1% of a
+# defective image's patches): 21% / 18% with the bare ranges, 6% / 8% at 1.5x, 8% / 10% at 2x,
+# for 3.4-4.5% -> 4.6-6.2% on normal images. So every range is widened by HEADROOM.
+HEADROOM = 1.5
 
 
 def _tools():
@@ -66,7 +72,7 @@ def _quantise_loud(t, pre, dst, cache, reader):
 
 def calibrate(src, batches):
     """Activation ranges of the float32 graph ``src`` (input 'image') over ``batches`` of
-    normalised images [B, 3, H, W]: {tensor name: [min, max]}."""
+    normalised images [B, 3, H, W], widened by HEADROOM: {tensor name: [min, max]}."""
     t = _tools()
 
     class Reader(t["CalibrationDataReader"]):
@@ -82,9 +88,11 @@ def calibrate(src, batches):
         cache = os.path.join(work, "ranges.json")
         _quantise(t, pre, os.path.join(work, "q.onnx"), cache, Reader())
         data = t["load_tensors_data"](cache)
-    return {name: [float(np.asarray(d.range_value[0]).reshape(-1)[0]),
-                   float(np.asarray(d.range_value[1]).reshape(-1)[0])]
-            for name, d in sorted(data.data.items())}
+    ranges = {}
+    for name, d in sorted(data.data.items()):
+        lo, hi = (float(np.asarray(v).reshape(-1)[0]) for v in d.range_value)
+        ranges[name] = [lo * HEADROOM if lo < 0 else lo, hi * HEADROOM if hi > 0 else hi]
+    return ranges
 
 
 def quantize_graph(src, ranges, dst):

@@ -30,13 +30,16 @@ def int8_model(tmp_path_factory):
 
 def test_int8_fit_equals_onnxruntime_quantisation_of_the_recorded_calibration(int8_model,
                                                                               tmp_path):
-    """The oracle: ONNX Runtime's quantize_static, called directly on the float32 embedding graph
-    with the calibration images the model records, embeds the training images; their two-pass
-    float64 mean equals the model's (so the stored ranges rebuild the same graph, and the fit
-    used it)."""
+    """The oracle, in two parts. (1) The stored activation ranges are 1.5x the minimum and
+    maximum of each tensor over the recorded calibration images, read here by running the
+    float32 graph with those tensors as extra outputs. (2) ONNX Runtime's quantize_static, given
+    those ranges (its calibration cache) on the float32 embedding graph, embeds the training
+    images; their two-pass float64 mean equals the model's (so the stored ranges rebuild the
+    same graph, and the fit used it)."""
+    import onnx
     from onnxruntime import InferenceSession
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
-                                          QuantType, quantize_static)
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.calibrate import TensorData, TensorsData, save_tensors_data
     from onnxruntime.quantization.preprocess import quant_pre_process
 
     from datasets.transforms import load_rgb
@@ -52,20 +55,29 @@ def test_int8_fit_equals_onnxruntime_quantisation_of_the_recorded_calibration(in
     model = models_io.load(int8_model["path"])
     src = os.path.join(build("embed", model.detector, default_cache(), "onnx"), "model.onnx")
     pre = model.preprocess
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            xs = np.stack([pre.image(load_rgb(os.path.join(train_dir, f)))
-                           for f in cal["files"]])
-            self.it = iter([{"image": xs}])
-
-        def get_next(self):
-            return next(self.it, None)
     quant_pre_process(src, str(tmp_path / "pre.onnx"), skip_symbolic_shape=True)
-    quantize_static(str(tmp_path / "pre.onnx"), str(tmp_path / "q.onnx"), Reader(),
+
+    ranges = meta["int8"]["ranges"]
+    graph = onnx.load(str(tmp_path / "pre.onnx"))
+    graph.graph.output.extend(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None)
+                              for n in ranges if n not in {o.name for o in graph.graph.output})
+    onnx.save(graph, str(tmp_path / "probe.onnx"))
+    probe = InferenceSession(str(tmp_path / "probe.onnx"), providers=["CPUExecutionProvider"])
+    xs = np.stack([pre.image(load_rgb(os.path.join(train_dir, f))) for f in cal["files"]])
+    seen = dict(zip([o.name for o in probe.get_outputs()], probe.run(None, {"image": xs})))
+    for name, (lo, hi) in ranges.items():
+        t = seen[name]
+        assert lo == pytest.approx(1.5 * min(t.min(), 0) if t.min() < 0 else t.min(), rel=1e-5)
+        assert hi == pytest.approx(1.5 * t.max(), rel=1e-5), name
+
+    save_tensors_data(TensorsData(CalibrationMethod.MinMax, {
+        n: TensorData(lowest=np.float32(lo), highest=np.float32(hi))
+        for n, (lo, hi) in ranges.items()}), str(tmp_path / "cache.json"))
+    quantize_static(str(tmp_path / "pre.onnx"), str(tmp_path / "q.onnx"), None,
                     quant_format=QuantFormat.QDQ, op_types_to_quantize=["Conv"],
                     per_channel=True, activation_type=QuantType.QUInt8,
-                    weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax)
+                    weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
+                    calibration_cache_path=str(tmp_path / "cache.json"))
     sess = InferenceSession(str(tmp_path / "q.onnx"), providers=["CPUExecutionProvider"])
     files = sorted(os.listdir(train_dir))
     x = np.stack([pre.image(load_rgb(os.path.join(train_dir, f))) for f in files])
