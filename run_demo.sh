@@ -4,9 +4,7 @@
 # show the pipeline works, not what ImageNet weights achieve.
 set -euo pipefail
 cd "$(dirname "$0")"
-PY=${PYTHON:-python3}
-[ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/python -m pip install -q --disable-pip-version-check -r requirements.txt
+bash install.sh
 .venv/bin/python -m datasets.synthetic --out demo_data
 echo "NOTE: the demo uses random backbone weights (--no-pretrained): no download needed."
 .venv/bin/python train.py --data_path demo_data --category all --method ortho --arch resnet18 \

@@ -3,9 +3,5 @@
 # Usage: bash run_tests.sh [extra pytest arguments]
 set -euo pipefail
 cd "$(dirname "$0")"
-PY=${PYTHON:-python3}
-if [ ! -x .venv/bin/python ]; then
-  "$PY" -m venv .venv
-fi
-.venv/bin/python -m pip install -q --disable-pip-version-check -r requirements-test.txt
+bash install.sh --test
 exec .venv/bin/python -m pytest -q "$@" tests
