@@ -223,7 +223,7 @@ def run_info(args, weights_source, engine=None):
     return info
 
 
-MODEL_FLAGS = ("method", "arch", "k", "resize", "crop_size")
+MODEL_FLAGS = ("method", "arch", "k", "resize", "crop_size", "category")
 
 
 def model_file(args, verb):
@@ -247,8 +247,10 @@ def check_model_flags(args, meta, path):
     for key in MODEL_FLAGS:
         if not hasattr(args, key) or getattr(args, key) is None:
             continue
-        given = key in explicit or (not getattr(args, "model_path", None) and
-                                    key in ("method", "arch", "k"))
+        by_path = bool(getattr(args, "model_path", None))
+        if key == "category" and not by_path:
+            continue                         # a derived path: the category named the file
+        given = key in explicit or (not by_path and key in ("method", "arch", "k"))
         if given and meta.get(key) != getattr(args, key):
             raise UserError(f"--{key} {getattr(args, key)} contradicts the model file '{path}' "
                             f"({key}={meta.get(key)}): leave --{key} out (the file says what "

@@ -287,7 +287,7 @@ def _case_infer_wrong_category(base, tmp):
 
 
 def _case_infer_fp16(base, tmp):
-    return _infer(base, "--precision", "fp16"), "invalid choice: 'fp16' (choose from 'fp32')"
+    return _infer(base, "--precision", "fp16"), "invalid choice: 'fp16' (choose from 'auto', 'fp32', 'int8')"
 
 
 def _case_export_batch_size(base, tmp):

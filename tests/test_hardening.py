@@ -347,3 +347,9 @@ def test_model_path_behaves_the_same_in_every_script(script, fitted, tmp_path):
     lines = [line for line in bad.stderr.splitlines() if "error:" in line]
     assert bad.returncode == 2 and len(lines) == 1, bad.stderr[-1500:]
     assert "--k 8 contradicts the model file" in lines[0] and "(k=20)" in lines[0]
+    other = run_script(*base, "--model_path", path, "--category", "grass")
+    lines = [line for line in other.stderr.splitlines() if "error:" in line]
+    assert other.returncode == 2 and len(lines) == 1, other.stderr[-1500:]
+    want = "category 'grass' not found" if script == "eval" else \
+        "--category grass contradicts the model file"   # eval reads the data first: no grass
+    assert want in lines[0]
