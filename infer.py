@@ -46,7 +46,7 @@ def get_args(argv=None):
     p.add_argument("--batch_size", type=positive_int, default=1, help="images per run")
     p.add_argument("--cpu_threads", type=positive_int, default=2, help="CPU math threads")
     p.add_bool("--enable_mkldnn", True, "Paddle Inference: oneDNN kernels on CPU (faster than "
-               "Paddle's own; see README); ONNX Runtime ignores it")
+               "Paddle's own; see docs/performance.md); ONNX Runtime ignores it")
     p.add_argument("--precision", type=str, default="auto", choices=["auto", "fp32", "int8"],
                    help="the export's own (auto), or fp32 / int8, which must be the export's "
                         "(export an int8 model with export_model.py --format onnx --precision "

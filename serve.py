@@ -5,7 +5,7 @@
     curl -s --data-binary @part.png -H "Content-Type: image/png" \
         "http://127.0.0.1:8000/predict?category=brick"
 
-See runtime/app.py for the endpoints and README, Serving, for workers and replicas.
+See runtime/app.py for the endpoints and docs/serving.md for workers and replicas.
 """
 import json
 import logging
@@ -31,7 +31,7 @@ def get_args(argv=None):
                    help="engine of the model files (exports run on their own: ONNX Runtime for "
                         "model.onnx, Paddle Inference for model.json)")
     p.add_argument("--workers", type=positive_int, default=1,
-                   help="worker processes (each loads every model; see README, Serving)")
+                   help="worker processes (each loads every model; see docs/serving.md)")
     p.add_argument("--cpu_threads", type=positive_int, default=None,
                    help="engine threads per worker (default: every CPU this process may use)")
     p.add_argument("--max_batch", type=positive_int, default=16,

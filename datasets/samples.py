@@ -87,7 +87,7 @@ class CategoryData:
         if not self.test:
             raise UserError(f"category '{self.name}' ({self.layout} layout, {self.root}) has no "
                             "labelled test images: evaluation needs normal and anomalous test "
-                            "images (see README, Data layouts)")
+                            "images (see docs/data_layouts.md)")
         from .transforms import image_size
         for s in self.test:
             if s.masks:

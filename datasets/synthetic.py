@@ -245,7 +245,7 @@ def get_args(argv=None):
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--layout", type=str, default="mvtec",
                    choices=["mvtec", "visa", "mvtec_ad2", "mvtec_loco", "btad", "folder"],
-                   help="the tree to write the same images in (see README, Data layouts)")
+                   help="the tree to write the same images in (see docs/data_layouts.md)")
     p.add_argument("--image_format", type=str, default="png", choices=["png", "jpg"],
                    help="visa only: jpg writes JPEG files named .JPG as VisA ships them (lossy, "
                         "so metrics differ slightly from the PNG layouts)")

@@ -11,7 +11,7 @@ here imports ``models/``: ``infer.py`` uses these classes on exported files alon
 
 Measured on this project's 2-core CPU machine (resnet18, k = 100, 256 px, batch 8, whole scoring
 graph): ONNX Runtime 9.8 ms per image, Paddle Inference with oneDNN 14.9, dygraph backbone alone
-about 90 at that time (see README, Performance). ``auto`` therefore takes ONNX Runtime on a CPU
+about 90 at that time (see docs/performance.md). ``auto`` therefore takes ONNX Runtime on a CPU
 when it is installed, then Paddle Inference; on a GPU, Paddle (dygraph) on the GPU.
 """
 import logging

@@ -61,7 +61,7 @@ run_step() {   # run_step NAME COMMAND...
 }
 gpu_available() { $python -c "import paddle,sys; sys.exit(0 if paddle.device.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0 else 1)" 2>/dev/null; }
 
-# geometry: 'auto' leaves a flag out (the model chooses; see README "Input geometry")
+# geometry: 'auto' leaves a flag out (the model chooses; see docs/geometry.md)
 data_args="--data_path=${data_path} --data_format=${data_format} --category=${category} --save_path=${save_path}"
 [ "$resize" == "auto" ] || data_args+=" --resize=${resize}"
 [ "$crop_size" == "auto" ] || data_args+=" --crop_size=${crop_size}"

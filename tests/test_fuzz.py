@@ -3,7 +3,7 @@ headers, and mutations of a real file's header, metadata and arrays must only ev
 with a ModelFileError, or load into a model that scores an image finitely.
 
 FUZZ_EXAMPLES sets the examples per property (default 60, a few hundred in all for CI);
-`FUZZ_EXAMPLES=2000 bash run_tests.sh -k fuzz` runs 10,000 (see README, Tests).
+`FUZZ_EXAMPLES=2000 bash run_tests.sh -k fuzz` runs 10,000 (see docs/development.md).
 """
 import json
 import os
