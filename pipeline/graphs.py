@@ -208,14 +208,28 @@ def _clean_stale(cache_dir):
 
 def build(kind, detector, cache_dir, fmt="paddle"):
     """The folder of the ``kind`` graph of ``detector`` in ``fmt`` (paddle: model.json +
-    model.pdiparams; onnx: model.onnx), built if missing or broken.
+    model.pdiparams; onnx: model.onnx), built if missing or broken (see ``_cached``)."""
+    def make(tmp):
+        layer, specs = graph_layer(kind, detector)
+        if fmt == "onnx":
+            work = os.path.join(tmp, "paddle")
+            os.makedirs(work)
+            to_onnx(*export_static(layer, specs, work), os.path.join(tmp, "model.onnx"))
+            shutil.rmtree(work)
+        else:
+            export_static(layer, specs, tmp)
+    return _cached(cache_dir, kind, f"{kind}-{_key(kind, detector, fmt)}-{fmt}", fmt, make)
+
+
+def _cached(cache_dir, kind, name, fmt, make):
+    """The cache folder ``name``, made by ``make(tmp_folder)`` if missing or broken.
 
     Built in a temporary folder with a manifest of its files' SHA-256, then renamed; checked
     against the manifest at every use. Processes that build the same graph at once keep the
-    first one renamed.
+    first one renamed. A write failure is a CacheError (the run falls back under auto).
     """
     cache_dir = ensure_dir(cache_dir)
-    folder = os.path.join(cache_dir, f"{kind}-{_key(kind, detector, fmt)}-{fmt}")
+    folder = os.path.join(cache_dir, name)
     if os.path.isdir(folder):
         why = _problem(folder)
         if why is None:
@@ -231,14 +245,7 @@ def build(kind, detector, cache_dir, fmt="paddle"):
     _clean_stale(cache_dir)
     tmp = tempfile.mkdtemp(prefix=f".{kind}.", dir=cache_dir)
     try:
-        layer, specs = graph_layer(kind, detector)
-        if fmt == "onnx":
-            work = os.path.join(tmp, "paddle")
-            os.makedirs(work)
-            to_onnx(*export_static(layer, specs, work), os.path.join(tmp, "model.onnx"))
-            shutil.rmtree(work)
-        else:
-            export_static(layer, specs, tmp)
+        make(tmp)
         write_json(os.path.join(tmp, MANIFEST), {
             "kind": kind, "format": fmt, "tools": tool_versions(fmt),
             "files": {f: sha256_file(os.path.join(tmp, f)) for f in sorted(os.listdir(tmp))}})
@@ -251,8 +258,8 @@ def build(kind, detector, cache_dir, fmt="paddle"):
         return folder
     except OSError as exc:
         raise CacheError(f"cannot write the {kind} graph to the cache '{cache_dir}' "
-                        f"({exc.strerror or exc}): free space there or set ORTHOAD_CACHE to "
-                        "another folder") from None
+                         f"({exc.strerror or exc}): free space there or set ORTHOAD_CACHE to "
+                         "another folder") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -265,36 +272,10 @@ def build_int8(detector, cache_dir, ranges):
     """The folder of the int8 embedding graph (``runtime.quantize``) of ``detector`` with the
     calibration ``ranges``, built from the float32 one if missing or broken."""
     from runtime.quantize import quantize_graph
-    cache_dir = ensure_dir(cache_dir)
     src = os.path.join(build("embed", detector, cache_dir, "onnx"), "model.onnx")
-    folder = os.path.join(cache_dir, f"embed8-{_key('embed', detector, 'onnx')}-"
-                                     f"{ranges_key(ranges)}-onnx")
-    if os.path.isdir(folder):
-        why = _problem(folder)
-        if why is None:
-            return folder
-        logger.warning("the cached int8 graph %s is unusable (%s): building it again", folder,
-                       why)
-        shutil.rmtree(folder, ignore_errors=True)
-    tmp = tempfile.mkdtemp(prefix=".embed8.", dir=cache_dir)
-    try:
-        quantize_graph(src, ranges, os.path.join(tmp, "model.onnx"))
-        write_json(os.path.join(tmp, MANIFEST), {
-            "kind": "embed8", "format": "onnx", "tools": tool_versions("onnx"),
-            "files": {"model.onnx": sha256_file(os.path.join(tmp, "model.onnx"))}})
-        try:
-            os.rename(tmp, folder)
-            logger.info("built the int8 embed graph in %s", folder)
-        except OSError:
-            if not os.path.isdir(folder) or _problem(folder):
-                raise
-        return folder
-    except OSError as exc:
-        raise CacheError(f"cannot write the int8 graph to the cache '{cache_dir}' "
-                         f"({exc.strerror or exc}): free space there or set ORTHOAD_CACHE to "
-                         "another folder") from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    return _cached(cache_dir, "embed8",
+                   f"embed8-{_key('embed', detector, 'onnx')}-{ranges_key(ranges)}-onnx", "onnx",
+                   lambda tmp: quantize_graph(src, ranges, os.path.join(tmp, "model.onnx")))
 
 
 def int8_engine(requested):
