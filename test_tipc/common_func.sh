@@ -61,3 +61,14 @@ function check_args() {
         exit 2
     fi
 }
+
+# run_step NAME COMMAND...: run COMMAND with its output in $LOG_PATH/NAME.log, record the outcome
+# in $status_log, set failed=1 and show the log's tail if it failed; returns COMMAND's status.
+function run_step() {
+    local name=$1; shift
+    eval "$*" > "${LOG_PATH}/${name}.log" 2>&1
+    local rc=$?
+    status_check $rc "$*" "$status_log"
+    [ $rc -eq 0 ] || { failed=1; tail -n 5 "${LOG_PATH}/${name}.log" | sed 's/^/    | /'; }
+    return $rc
+}

@@ -34,13 +34,6 @@ mkdir -p "$LOG_PATH"
 status_log="${LOG_PATH}/results_ptq_python.log"
 : > "$status_log"
 failed=0
-run_step() {   # run_step NAME COMMAND...
-    local name=$1; shift
-    eval "$*" > "${LOG_PATH}/${name}.log" 2>&1
-    local rc=$?
-    status_check $rc "$*" "$status_log"
-    [ $rc -eq 0 ] || { failed=1; tail -n 5 "${LOG_PATH}/${name}.log" | sed 's/^/    | /'; }
-}
 echo "TIPC ${model_name} PTQ: logs in ${LOG_PATH}"
 data_args="--data_path=${data_path} --category=${category} --save_path=${save_path}"
 run_step quant_train "$python $quant_train $data_args $geometry --calibration_images=$calibration --overwrite"

@@ -31,17 +31,9 @@ status_log="${LOG_PATH}/results_serving_python.log"
 : > "$status_log"
 category=$(basename "$save_dir")
 failed=0
-step() {   # step NAME COMMAND...
-    local name=$1; shift
-    eval "$*" > "${LOG_PATH}/${name}.log" 2>&1
-    local rc=$?
-    status_check $rc "$*" "$status_log"
-    [ $rc -eq 0 ] || { failed=1; tail -n 5 "${LOG_PATH}/${name}.log" | sed 's/^/    | /'; }
-    return $rc
-}
 echo "TIPC ${model_name} serving: logs in ${LOG_PATH}"
-step export "$python $trans_model --model_path=$model_path --save_dir=$save_dir" || exit 1
-step infer "$python infer.py --model_file=$save_dir/model.onnx --input_file=$image_dir --save_path=$LOG_PATH/infer --save_pic=False" || exit 1
+run_step export "$python $trans_model --model_path=$model_path --save_dir=$save_dir" || exit 1
+run_step infer "$python infer.py --model_file=$save_dir/model.onnx --input_file=$image_dir --save_path=$LOG_PATH/infer --save_pic=False" || exit 1
 $python $web_service --model_dir="$model_dir" --port="$port" --max_batch="$max_batch" \
     > "${LOG_PATH}/service.log" 2>&1 &
 pid=$!
@@ -55,7 +47,7 @@ for _ in $(seq 1 300); do
 done
 if [ $ready -eq 1 ]; then
     status_check 0 "$python $web_service --model_dir=$model_dir --port=$port (ready)" "$status_log"
-    step client "$python $client --port=$port --category=$category --image_dir=$image_dir --reference=$LOG_PATH/infer"
+    run_step client "$python $client --port=$port --category=$category --image_dir=$image_dir --reference=$LOG_PATH/infer"
     grep -h "serving client:" "${LOG_PATH}/client.log" | sed 's/^/  /'
 else
     status_check 1 "$python $web_service --model_dir=$model_dir --port=$port (never ready)" "$status_log"
