@@ -1,6 +1,6 @@
 """int8 against fp32 on the same data, in one run: for each arch:k, a fit with evaluation in
-each precision (images/s of both, image AUROC, pixel AUROC, AU-PRO, and the largest relative
-change of a test image's score), then each model's ONNX export under infer.py --batch_size 8 and
+each precision (images/s of both, the int8 set-up time, image AUROC, pixel AUROC, AU-PRO, and
+the median and largest relative change of a test image's score), then each model's ONNX export under infer.py --batch_size 8 and
 its graph alone at batch 8 (alternating the precisions twice, against this machine's drift)."""
 import csv
 import os
