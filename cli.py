@@ -142,8 +142,15 @@ def add_eval_args(parser):
                     "paper_*)")
     parser.add_bool("--save_pic", False, "write a figure per test image")
     parser.add_argument("--save_maps", type=str, default=None,
-                        help="write float32 .tiff maps at the original resolution under this "
-                             "folder (<category>/test/<defect>/<stem>.tiff)")
+                        help="write each labelled test image's map, float32 .tiff at the "
+                             "original resolution, under this folder as MVTec's AD and LOCO "
+                             "evaluations read them (<category>/test/<defect>/<stem>.tiff)")
+    parser.add_argument("--save_server_maps", type=str, default=None,
+                        help="MVTec AD 2: write the maps of the unlabelled test_private and "
+                             "test_private_mixed images under this folder exactly as MVTec's "
+                             "upload checker accepts them (anomaly_images[_thresholded]/"
+                             "<object>/<set>/<stem>, float16 .tiff and 0 / 255 .png at the "
+                             "pixel threshold)")
     parser.add_argument("--eval_size", type=str, default="input", choices=["input", "original"],
                         help="compute the metrics at the network input size or on maps resized "
                              "to each image's original size (official protocol)")
@@ -306,9 +313,10 @@ def add_prediction_args(parser):
     parser.add_argument("--ignore_mask", type=str, default=None,
                         help="PNG of pixels never to score (white = ignore), added to the "
                              "model's own")
-    parser.add_argument("--save_maps", type=str, default=None,
+    parser.add_argument("--save_server_maps", type=str, default=None,
                         help="also write each original-size map (float16 TIFF) and its mask at "
                              "the pixel threshold (0 / 255 PNG) under this folder in the form "
                              "the MVTec AD 2 evaluation server accepts: "
                              "anomaly_images[_thresholded]/<category>/<input folder name>/"
                              "<stem>")
+    parser.add_renamed("--save_maps", "--save_server_maps")

@@ -81,7 +81,7 @@ def main(args):
     rows = predict_files(detector, files, args.save_path, name,
                          input_folder_name(args.input_file),
                          os.path.isdir(args.input_file) or len(files) > 1, args.save_pic,
-                         args.save_outputs, args.save_maps, args.ignore_mask, args.batch_size)
+                         args.save_outputs, args.save_server_maps, args.ignore_mask, args.batch_size)
     if args.enable_benchmark:
         total = time.perf_counter() - start
         t, n = detector.timings, len(files)

@@ -10,12 +10,12 @@ images differ in size); labels and image scores [N].
     is what scikit-learn's ``roc_auc_score`` computes);
   - ``au_pro``: the per-region overlap curve integrated up to a false positive rate limit,
     exactly as the official MVTec AD evaluation (v1.0) computes it, streamed in chunks;
-  - ``au_pro`` with saturated regions (``add_regions``): MVTec LOCO's sPRO, each defect counting
-    as found once a set number of its pixels (its saturation) is above the threshold;
   - ``f1_at``: the pixel F1 of the maps binarised at a threshold, counts pooled over all pixels
     (MVTec AD 2's SegF1);
   - ``f1_threshold`` / ``fpr_threshold``: pixel thresholds for calibration.
   ``pixel_auroc`` and ``au_pro`` are the same for a list of maps.
+* ``SaturatedPRO`` / ``loco_image_auroc``: MVTec LOCO's AU-sPRO per subset of images and its
+  image AUROC, as MVTec's evaluation code computes them.
 * ``confusion`` / ``best_f1_threshold`` / ``fpr_threshold``: image verdicts at a threshold.
 * ``paper_pro_roc``: the thresholded protocol of the OrthoAD paper's code (its PRO .942 / ROC .982
   figures), for comparison only.
@@ -53,7 +53,6 @@ class PixelSet:
         self.n = 0
         self._d_scores, self._d_comps = [], []
         self._n_labels = 0
-        self._saturation = []            # (region label, value, relative) of add_regions
         self._sorted = False
 
     @classmethod
@@ -73,25 +72,6 @@ class PixelSet:
             self._scores = grown
         self._scores[self.n:self.n + kept.size] = kept
         self.n += kept.size
-
-    def add_regions(self, amap, regions, saturations):
-        """Add the defect pixels of one map [H, W] as given regions (no normal pixels): MVTec
-        LOCO's defects, one bool mask [H, W] each (they may overlap or be disconnected).
-
-        Args:
-            saturations: per region (value, relative): the region counts as fully found once
-                min(value, its area) of its pixels (relative: value * its area) are above the
-                threshold (the saturated per-region overlap, sPRO).
-        """
-        s = np.asarray(amap, dtype=np.float32).ravel()
-        scored = np.isfinite(s)
-        for region, (value, relative) in zip(regions, saturations):
-            inside = np.asarray(region, dtype=bool).ravel() & scored
-            self._append(s[inside])
-            self._n_labels += 1
-            self._d_scores.append(s[inside])
-            self._d_comps.append(np.full(int(inside.sum()), self._n_labels, dtype=np.int32))
-            self._saturation.append((self._n_labels, float(value), bool(relative)))
 
     def add(self, amap, mask):
         """Add one map [H, W] and its bool mask [H, W] (NaN scores: unscored, left out)."""
@@ -119,12 +99,6 @@ class PixelSet:
             self._d_scores = self._d_comps = None
             self.sizes = np.bincount(self.d_comps, minlength=self._n_labels + 1)
             self.n_regions = int(np.count_nonzero(self.sizes[1:]))
-            self.saturation = None
-            if self._saturation:           # sPRO: each region's saturation, in pixels
-                self.saturation = self.sizes.astype(np.float64)
-                for label, value, relative in self._saturation:
-                    size = self.sizes[label]
-                    self.saturation[label] = value * size if relative else min(value, size)
             self.n_defect = int(self.d_scores.size)
             self.n_ok = self.n - self.n_defect
             self._sorted = True
@@ -192,7 +166,7 @@ class PixelSet:
         # end of their score's run, and the cumulative PRO weight up to it
         order = np.argsort(self.d_scores, kind="stable")[::-1]
         run_end = n - 1 - np.searchsorted(asc, self.d_scores[order], side="left")
-        weight = np.cumsum(self._increments(self.d_comps[order])) / self.n_regions
+        weight = np.cumsum(1.0 / self.sizes[self.d_comps[order]]) / self.n_regions
         del order
         # the smallest FP count whose float32 FPR exceeds the limit, and the position that surely
         # reaches it (every defect pixel before it)
@@ -247,23 +221,6 @@ class PixelSet:
         fx, fy = np.array(curve).T
         return value, (fx, fy)
 
-    def _increments(self, comps):
-        """PRO gained by each defect pixel, in the given (descending score) order: 1 / |C| for
-        PRO; for sPRO, (min(j, s) - min(j - 1, s)) / s for the j-th pixel of a region of
-        saturation s, so that a region's share stops growing once s of its pixels are found."""
-        if self.saturation is None:
-            return 1.0 / self.sizes[comps]
-        by_comp = np.argsort(comps, kind="stable")           # grouped, order kept inside
-        grouped = comps[by_comp]
-        starts = np.flatnonzero(np.r_[True, grouped[1:] != grouped[:-1]])
-        lengths = np.diff(np.r_[starts, len(grouped)])
-        rank = np.empty(len(comps), dtype=np.float64)
-        rank[by_comp] = np.arange(len(grouped)) - np.repeat(starts, lengths) + 1.0
-        sat = self.saturation[comps]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            inc = (np.minimum(rank, sat) - np.minimum(rank - 1.0, sat)) / sat
-        return np.nan_to_num(inc, nan=0.0)
-
     # ----------------------------------------------------------------- thresholds
 
     def f1_at(self, threshold):
@@ -311,6 +268,145 @@ class PixelSet:
             else:
                 lo = mid + 1
         return float(asc[lo])
+
+
+SPRO_LIMITS = (0.01, 0.05, 0.1, 0.3, 1.0)   # MVTec LOCO's integration limits (0.05: headline)
+
+
+def saturation_pixels(value, relative, area):
+    """A defect's saturation in pixels as MVTec LOCO's evaluation computes it from its
+    ``defects_config.json`` entry: ``int(value * area)`` (truncated) if relative, else
+    ``min(value, area)``; at least 1 (the official code divides by zero below that)."""
+    sat = int(value * area) if relative else min(value, area)
+    return max(sat, 1)
+
+
+class SaturatedPRO:
+    """MVTec LOCO's AU-sPRO (Bergmann et al., IJCV 2022), exactly as MVTec's evaluation code
+    (``evaluate_experiment.py``, version 2.0) defines it, for subsets of the test images.
+
+    Per threshold t (a pixel is positive when its score > t):
+
+    * FPR = the positive defect-free pixels over all defect-free pixels of ALL images of the
+      subset: the good images and the anomalous images outside every one of their defects;
+    * sPRO = the mean over the subset's defects (one per ground-truth file, whatever its
+      connected components) of min(positive pixels of the defect / its saturation, 1).
+
+    The area under (FPR, sPRO) up to a limit, divided by the limit, with every distinct score a
+    threshold (the official code samples thresholds until adjacent curve points are within
+    ``--curve_max_distance`` 0.001; it agrees with this exact curve to that resolution) and the
+    value at the limit interpolated linearly between its neighbours, as the official ``trapz``.
+    Images are added to named groups ('good', 'logical_anomalies', ...); ``area(groups)`` takes
+    the union of the groups, as the official code adds the good images to each anomaly subset.
+
+    Unscored (NaN) pixels are left out, as by ``PixelSet``: a defect counts its scored pixels
+    (its saturation is computed from them), one without any drops out.
+    Memory: 4 bytes per defect-free pixel, 12 per defect pixel.
+    """
+
+    def __init__(self):
+        self._ok = {}            # group -> [float32 scores of defect-free pixels]
+        self._regions = {}       # group -> [(float32 scores of the defect's pixels, saturation)]
+
+    def add(self, amap, group, defects=()):
+        """Add one map [H, W] to ``group``; ``defects``: [(bool [H, W], saturation_threshold,
+        relative)], one per ground-truth file (they may overlap or be disconnected)."""
+        s = np.asarray(amap, dtype=np.float32)
+        scored = np.isfinite(s)
+        inside_any = np.zeros(s.shape, dtype=bool)
+        for mask, value, relative in defects:
+            m = np.asarray(mask, dtype=bool)
+            inside_any |= m
+            scores = s[m & scored]
+            if scores.size:
+                self._regions.setdefault(group, []).append(
+                    (scores, saturation_pixels(value, relative, scores.size)))
+        self._ok.setdefault(group, []).append(s[~inside_any & scored])
+
+    def n_defects(self, groups):
+        return sum(len(self._regions.get(g, [])) for g in groups)
+
+    def area(self, groups, limits=SPRO_LIMITS, chunk=1 << 20):
+        """{limit: normalised area under the sPRO curve up to that FPR} over the images of
+        ``groups``; None for every limit without defects or without defect-free pixels."""
+        regions = [r for g in groups for r in self._regions.get(g, [])]
+        ok = [a for g in groups for a in self._ok.get(g, [])]
+        asc = np.concatenate(ok) if ok else np.zeros(0, np.float32)
+        n = asc.size
+        if not regions or n == 0:
+            return {limit: None for limit in limits}
+        asc.sort()
+        scores = np.concatenate([s for s, _ in regions])
+        region = np.repeat(np.arange(len(regions)), [s.size for s, _ in regions])
+        sat = np.array([t for _, t in regions], dtype=np.float64)
+        order = np.argsort(scores, kind="stable")[::-1]            # defect pixels, descending
+        by_region = region[order]
+        grouped = np.argsort(by_region, kind="stable")
+        starts = np.flatnonzero(np.r_[True, np.diff(by_region[grouped]) != 0])
+        rank = np.empty(order.size, dtype=np.float64)             # 1-based, within the defect
+        rank[grouped] = np.arange(order.size) - np.repeat(starts, np.diff(
+            np.r_[starts, order.size])) + 1.0
+        s_r = sat[by_region]
+        gain = (np.minimum(rank, s_r) - np.minimum(rank - 1.0, s_r)) / s_r / len(regions)
+        found = np.concatenate([[0.0], np.cumsum(gain)])           # sPRO of the top-k pixels
+        d_asc = scores[order][::-1]
+        m = d_asc.size
+        del order, by_region, grouped, rank, s_r, gain
+
+        def spro(values, side):                                    # sPRO at score > / >= v
+            return found[m - np.searchsorted(d_asc, values, side=side)]
+
+        out, total = {}, 0.0
+        pending = sorted(limits)
+        desc = asc[::-1]
+        for lo in range(0, n, chunk):
+            block = desc[lo:lo + chunk]
+            first = np.r_[lo == 0 or block[0] != desc[lo - 1], block[1:] != block[:-1]]
+            v = block[first]                                       # distinct values, descending
+            x0 = (n - np.searchsorted(asc, v, side="right")) / n   # FPR at score > v
+            x1 = (n - np.searchsorted(asc, v, side="left")) / n    # FPR at score >= v
+            y0, y1 = spro(v, "right"), spro(v, "left")
+            seg = 0.5 * (x1 - x0) * (y1 + y0)
+            cum = total + np.cumsum(seg)
+            while pending:
+                limit = pending[0]
+                past = np.flatnonzero(x1 > limit)
+                if not len(past):
+                    break
+                i = past[0]
+                y_at = y0[i] + (y1[i] - y0[i]) * (limit - x0[i]) / (x1[i] - x0[i])
+                out[limit] = float((cum[i] - seg[i] + 0.5 * (limit - x0[i]) * (y_at + y0[i]))
+                                   / limit)
+                pending.pop(0)
+            total = float(cum[-1])
+            if not pending:
+                break
+        for limit in pending:                                      # limit 1: the whole curve
+            out[limit] = total / limit
+        return {limit: out[limit] for limit in limits}
+
+
+def loco_image_auroc(normal_scores, anomalous_scores):
+    """Image ROC AUC as MVTec LOCO's evaluation computes it (``compute_classification_auc_roc``):
+    without ties between scores it equals ``image_auroc``; with ties it differs, because the
+    official curve takes its point after the FIRST image of each run of equal scores (normal
+    images sorted before anomalous ones) instead of after the whole run. None if either list is
+    empty."""
+    ok = np.asarray(normal_scores, dtype=np.float64)
+    nok = np.asarray(anomalous_scores, dtype=np.float64)
+    if ok.size == 0 or nok.size == 0:
+        return None
+    scores = np.concatenate([ok, nok])
+    labels = np.r_[np.zeros(ok.size, bool), np.ones(nok.size, bool)]
+    order = np.argsort(scores, kind="stable")                     # ascending, normal first
+    s, y = scores[order], labels[order]
+    fp = ok.size - np.cumsum(~y)                                  # after removing 0..i
+    tp = nok.size - np.cumsum(y)
+    point = np.r_[True, s[1:] != s[:-1]]                          # first of each run ...
+    point[-1] = True                                              # ... and the last image
+    fpr = np.r_[1.0, fp[point] / ok.size][::-1]
+    tpr = np.r_[1.0, tp[point] / nok.size][::-1]
+    return float(np.sum(0.5 * (tpr[1:] + tpr[:-1]) * np.diff(fpr)))
 
 
 def pixel_auroc(masks, maps):

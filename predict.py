@@ -46,7 +46,7 @@ def main(args):
                                           name)
     return predict_files(detector, files, out_dir, name, input_folder_name(args.input),
                          os.path.isdir(args.input) or len(files) > 1, args.save_pic,
-                         args.save_outputs, args.save_maps, args.ignore_mask, args.batch_size)
+                         args.save_outputs, args.save_server_maps, args.ignore_mask, args.batch_size)
 
 
 if __name__ == "__main__":

@@ -52,6 +52,20 @@ class ArgumentParser(argparse.ArgumentParser):
         self.add_argument(name, type=str2bool, default=default, metavar="BOOL", help=help)
         self._bool_flags.add(name)
 
+    def add_renamed(self, old, new):
+        """Accept ``old`` as a former name of the flag ``new`` (defined before): its value goes
+        to ``new`` with a warning that names the new flag; hidden from --help."""
+        target = next(a for a in self._actions if new in a.option_strings)
+
+        class Renamed(argparse.Action):
+            def __call__(self, parser, namespace, values, option_string=None):
+                logging.getLogger("cli").warning(
+                    "%s is now called %s: the old name is accepted until the next release",
+                    old, new)
+                setattr(namespace, target.dest, values)
+        self.add_argument(old, dest=target.dest, action=Renamed, type=target.type,
+                          default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
     def parse_args(self, args=None, namespace=None):
         args = self._explicit_bools(sys.argv[1:] if args is None else list(args))
         parsed = super().parse_args(args, namespace)

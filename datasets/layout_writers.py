@@ -104,7 +104,13 @@ class _VisA:
         return entries
 
 
+AD2_VARIANTS = ("regular", "overexposed", "underexposed", "shift_1", "shift_2", "shift_3")
+
+
 class _MVTecAD2:
+    """MVTec AD 2 as it ships: <NNN>_<variant>.png with the lighting and shift variants in the
+    labelled sets, good/ and bad/ each numbered from 000 (the same stems in both), masks
+    <stem>_mask.png, the private sets <NNN>_regular.png and <NNN>_mixed.png."""
     NAME, N_VALIDATION, N_PRIVATE = "mvtec_ad2", 5, 4
 
     @staticmethod
@@ -120,13 +126,14 @@ class _MVTecAD2:
                          it)
                 entries.append(_entry(it, "validation", p, "good"))
             elif it.split == "test" and it.label == 0:
-                p = _img(os.path.join(root, "test_public", "good", f"{it.index:03d}_good.png"),
-                         it)
+                stem = f"{it.index:03d}_{AD2_VARIANTS[it.index % len(AD2_VARIANTS)]}"
+                p = _img(os.path.join(root, "test_public", "good", f"{stem}.png"), it)
                 entries.append(_entry(it, "test", p, "good"))
             elif it.split == "test":
-                p = _img(os.path.join(root, "test_public", "bad", f"{n_bad:03d}_bad.png"), it)
+                stem = f"{n_bad:03d}_{AD2_VARIANTS[n_bad % len(AD2_VARIANTS)]}"
+                p = _img(os.path.join(root, "test_public", "bad", f"{stem}.png"), it)
                 m = _mask(os.path.join(root, "test_public", "ground_truth", "bad",
-                                       f"{n_bad:03d}_bad_mask.png"), it.mask)
+                                       f"{stem}_mask.png"), it.mask)
                 n_bad += 1
                 entries.append(_entry(it, "test", p, "bad", [m]))
             else:                          # unlabelled: alternately the two private test sets
@@ -151,16 +158,18 @@ LOCO_DEFECTS = [  # pixel value per demo defect kind, with saturation as MVTec L
 
 
 def split_channels(mask):
-    """A defect mask -> two masks (left / right of its median column), or one if it is too
-    narrow: MVTec LOCO's several ground-truth files per image."""
+    """A defect mask -> MVTec LOCO's ground-truth files for it, their union the mask: its middle
+    third of columns and its outer thirds (one file whose defect has two disconnected parts),
+    or the mask alone if it is too narrow to cut."""
     cols = np.flatnonzero(mask.any(axis=0))
-    if len(cols) < 2:
+    if len(cols) < 3:
         return [mask]
-    cut = cols[len(cols) // 2]
-    left, right = mask.copy(), mask.copy()
-    left[:, cut:] = False
-    right[:, :cut] = False
-    return [m for m in (left, right) if m.any()]
+    a, b = cols[len(cols) // 3], cols[2 * len(cols) // 3]
+    middle, outer = mask.copy(), mask.copy()
+    middle[:, :a] = False
+    middle[:, b:] = False
+    outer[:, a:b] = False
+    return [m for m in (middle, outer) if m.any()]
 
 
 class _MVTecLOCO:
@@ -191,13 +200,20 @@ class _MVTecLOCO:
         return entries
 
 
+BTAD_FORMATS = [(".bmp", "BMP", ".png", "PNG"),   # product 01: .bmp images, .png masks
+                (".png", "PNG", ".png", "PNG"),   # product 02
+                (".bmp", "BMP", ".bmp", "BMP")]   # product 03: .bmp masks too
+
+
 class _BTAD:
+    """BTAD as it ships: the n-th category written with product 01's, 02's or 03's file types
+    (n mod 3); masks named as their images, without a suffix."""
     NAME, N_VALIDATION, N_PRIVATE = "btad", 0, 0
 
     @staticmethod
     def write(out, cat, ci, items, image_format):
         root, entries = os.path.join(out, cat), []
-        ext, fmt = (".bmp", "BMP") if ci % 2 == 0 else (".png", "PNG")
+        ext, fmt, mext, mfmt = BTAD_FORMATS[ci % 3]
         n_ko = 0
         for it in _labelled(items):
             if it.split == "train":
@@ -208,7 +224,8 @@ class _BTAD:
                 entries.append(_entry(it, "test", p, "good"))
             else:
                 p = _img(os.path.join(root, "test", "ko", f"{n_ko:04d}{ext}"), it, fmt)
-                m = _mask(os.path.join(root, "ground_truth", "ko", f"{n_ko:04d}.png"), it.mask)
+                m = _mask(os.path.join(root, "ground_truth", "ko", f"{n_ko:04d}{mext}"), it.mask,
+                          fmt=mfmt)
                 n_ko += 1
                 entries.append(_entry(it, "test", p, "ko", [m]))
         return entries

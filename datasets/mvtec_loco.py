@@ -9,7 +9,7 @@
 Every ground-truth file marks one defect with one pixel value; ``defects_config.json`` gives, per
 pixel value, the defect's name and its saturation threshold (an absolute pixel count, or with
 ``relative_saturation`` a share of the defect's area), which the sPRO metric uses
-(``metrics.PixelSet.add_regions``). Pixel AUROC and AU-PRO use the union of an image's files.
+(``pipeline.loco``). Pixel AUROC and AU-PRO use the union of an image's files.
 """
 import json
 import logging
@@ -40,7 +40,8 @@ def categories(root):
 
 
 def read_defects_config(path):
-    """defects_config.json -> {pixel value: {name, saturation_threshold, relative_saturation}}."""
+    """defects_config.json -> {pixel value: {name, saturation_threshold, relative_saturation}},
+    checked as MVTec's evaluation code checks it."""
     fix = "restore the category's defects_config.json from MVTec LOCO AD"
     try:
         with open(path, encoding="utf-8") as fh:
@@ -51,23 +52,36 @@ def read_defects_config(path):
         raise UserError(f"'{path}' is not a list of defect entries: {fix}")
     out = {}
     for i, e in enumerate(entries):
-        ok = isinstance(e, dict) and isinstance(e.get("defect_name"), str) and \
-            isinstance(e.get("pixel_value"), int) and 1 <= e["pixel_value"] <= 255 and \
-            isinstance(e.get("saturation_threshold"), (int, float)) and \
-            not isinstance(e.get("saturation_threshold"), bool) and \
-            e["saturation_threshold"] > 0 and isinstance(e.get("relative_saturation"), bool)
-        if ok and e["relative_saturation"] and e["saturation_threshold"] > 1:
-            ok = False
-        if not ok:
-            raise UserError(f"'{path}' entry {i} is malformed (needs defect_name, pixel_value "
-                            "1-255, saturation_threshold > 0 (at most 1 if relative) and "
-                            f"relative_saturation true/false): {fix}")
+        problem = _entry_problem(e)
+        if problem:
+            raise UserError(f"'{path}' entry {i} {problem}: {fix}")
         if e["pixel_value"] in out:
             raise UserError(f"'{path}' gives pixel value {e['pixel_value']} twice: {fix}")
         out[e["pixel_value"]] = {"name": e["defect_name"],
-                                 "saturation_threshold": float(e["saturation_threshold"]),
+                                 "saturation_threshold": e["saturation_threshold"],
                                  "relative_saturation": e["relative_saturation"]}
     return out
+
+
+def _entry_problem(e):
+    """What is wrong with one entry under the official parser's rules (MVTec's
+    ``DefectConfig``): a relative threshold is a float in (0, 1], an absolute one an integer
+    pixel count; None if nothing."""
+    if not isinstance(e, dict) or not isinstance(e.get("defect_name"), str):
+        return "has no defect_name"
+    value = e.get("pixel_value")
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 255:
+        return "needs a pixel_value from 1 to 255"
+    relative, t = e.get("relative_saturation"), e.get("saturation_threshold")
+    if not isinstance(relative, bool):
+        return "needs relative_saturation true or false"
+    if relative and not (isinstance(t, float) and 0.0 < t <= 1.0):
+        return ("has relative_saturation true, so its saturation_threshold must be a decimal "
+                f"number in (0, 1] such as 1.0 (got {t!r})")
+    if not relative and (isinstance(t, bool) or not isinstance(t, int) or t < 1):
+        return ("has relative_saturation false, so its saturation_threshold must be a whole "
+                f"number of pixels of at least 1 (got {t!r})")
+    return None
 
 
 def read(root, name, options=None):

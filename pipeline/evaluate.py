@@ -23,15 +23,15 @@ import visualize
 from datasets.ignore import original_map
 from datasets.loading import load_test_item, prefetch_batches
 from datasets.transforms import image_size
-from utils import UserError, atomic_path, ensure_dir, progress
+from utils import atomic_path, ensure_dir, progress
 
 from .geometry import AspectWarnings, batch_for
+from .loco import LocoMetrics
 
 logger = logging.getLogger(__name__)
 
 PRO_LIMIT = 0.3
-PRO_LIMIT_AD2 = 0.05         # MVTec AD 2's AU-PRO limit, and MVTec LOCO's main sPRO limit
-SPRO_LIMIT = 0.05
+PRO_LIMIT_AD2 = 0.05         # MVTec AD 2's AU-PRO limit
 
 
 @dataclass
@@ -41,7 +41,8 @@ class EvalOptions:
     paper_metrics: bool = False
     eval_size: str = "input"
     pic_dir: str = None
-    maps_dir: str = None
+    maps_dir: str = None          # --save_maps: float32 maps in the official evaluators' layout
+    server_maps_dir: str = None   # --save_server_maps: MVTec AD 2's private sets, server form
     report: bool = False          # collect curves and the worst cases for the HTML report
     examples: int = 4             # worst false positives / negatives kept for the report
 
@@ -51,7 +52,8 @@ def eval_options(args, out_dir):
     return EvalOptions(batch_size=args.batch_size, eval_pro=args.eval_PRO,
                        paper_metrics=args.non_partial_AUC, eval_size=args.eval_size,
                        pic_dir=os.path.join(out_dir, "pictures") if args.save_pic else None,
-                       maps_dir=args.save_maps, report=getattr(args, "report", False))
+                       maps_dir=args.save_maps, server_maps_dir=args.save_server_maps,
+                       report=getattr(args, "report", False))
 
 
 @dataclass
@@ -121,24 +123,29 @@ class _Worst:
 
 def evaluate_category(model, data, opts):
     """Score a category's test set (``datasets.samples.CategoryData``) and compute its metrics
-    (``evaluate_samples``); with ``opts.maps_dir``, also write the maps of its unlabelled test
-    images (MVTec AD 2's private sets) in the evaluation server's form."""
-    result = evaluate_samples(model, data.require_test(), data.name, opts, data.defects,
-                              data.layout)
-    if data.unlabelled and opts.maps_dir:
-        from .submission import write_unlabelled
-        write_unlabelled(model, data, opts.maps_dir, opts.batch_size)
+    (``evaluate_samples``); with ``opts.server_maps_dir``, also write the maps of its
+    unlabelled test images (MVTec AD 2's private sets) in the evaluation server's form."""
+    result = evaluate_samples(model, data.require_test(), data.name, opts, data.defects)
+    if opts.server_maps_dir:
+        if data.unlabelled:
+            from .submission import write_unlabelled
+            write_unlabelled(model, data, opts.server_maps_dir, opts.batch_size)
+        else:
+            logger.warning("%s: no unlabelled test set (MVTec AD 2's test_private, "
+                           "test_private_mixed): --save_server_maps writes nothing for it; "
+                           "--save_maps writes the labelled test images' maps", data.name)
     return result
 
 
-def evaluate_samples(model, samples, category, opts, defects=None, layout=None):
+def evaluate_samples(model, samples, category, opts, defects=None):
     """Score labelled samples and compute image, pixel and threshold metrics.
 
     Returns:
         ``CategoryResult``; its row has category, n_test, n_defect, n_pixel_images, image_auroc,
         pixel_auroc, [au_pro], [paper_pro, paper_roc], the threshold and the verdicts' precision,
         recall, f1, fpr, tp, fp, fn, tn, seg_f1 (pixel F1 at the pixel threshold),
-        [au_pro_05], [au_spro, au_spro_<type>] (MVTec LOCO, ``defects``), unscored_defect_frac
+        [au_pro_05], MVTec LOCO's per-subset metrics (``pipeline.loco``, with ``defects``),
+        unscored_defect_frac
         (share of the defect pixels outside the scored region, left out of the pixel metrics),
         eval_seconds, eval_img_per_s. Undefined values are None.
     """
@@ -150,23 +157,22 @@ def evaluate_samples(model, samples, category, opts, defects=None, layout=None):
     worst_fp, worst_fn = _Worst(opts.examples), _Worst(opts.examples)
     records = []
     defect_px = unscored_px = 0
-    spro = SaturatedPRO(samples, pre, opts.eval_size, defects) \
-        if defects is not None and opts.eval_pro else None
+    loco = LocoMetrics(defects, opts.eval_pro) if defects is not None else None
     for sample, item, amap, score in score_samples(
-            model, samples, opts.batch_size, f"eval {category}", spro is not None):
+            model, samples, opts.batch_size, f"eval {category}", loco is not None):
         x, mask, hw, mask_orig = item.x, item.mask, item.original_hw, item.mask_orig
         in_pixels = sample.label == 0 or sample.has_mask
         records.append({"path": sample.path, "defect": sample.defect, "label": sample.label,
                         "has_mask": sample.has_mask, "score": score,
                         "verdict": visualize.verdict(score, threshold)})
-        full = original_map(pre, amap, hw, model.ignore) \
-            if opts.maps_dir or opts.eval_size == "original" or sample.has_mask else None
+        full = original_map(pre, amap, hw, model.ignore) if opts.maps_dir or loco is not None or \
+            opts.eval_size == "original" or sample.has_mask else None
         if sample.has_mask:           # defect pixels outside the crop or under the ignore mask
             defect = mask_orig > 127
             defect_px += int(defect.sum())
             unscored_px += int((defect & ~np.isfinite(full)).sum())
-        if spro is not None:
-            spro.add(sample, item, full if opts.eval_size == "original" else amap)
+        if loco is not None:
+            loco.add(sample, item.channels, full)
         if in_pixels:
             if opts.eval_size == "original":
                 pixels.add(full, mask_orig > 127)
@@ -176,12 +182,7 @@ def evaluate_samples(model, samples, category, opts, defects=None, layout=None):
                 paper_maps.append(amap)
                 paper_masks.append(mask)
         if opts.maps_dir:
-            if layout == "mvtec_ad2":
-                from outputs import write_server_map
-                write_server_map(opts.maps_dir, category, os.path.join(
-                    "test_public", sample.defect), sample.path, full, pixel_threshold)
-            else:
-                save_tiff(opts.maps_dir, category, sample, full)
+            save_tiff(opts.maps_dir, category, sample, full)
         if opts.report:          # highest-scoring normal images, lowest-scoring defective ones
             worst, key = (worst_fp, score) if sample.label == 0 else (worst_fn, -score)
             worst.offer(key, records[-1], lambda: pre.unnormalise(x), amap)
@@ -199,8 +200,8 @@ def evaluate_samples(model, samples, category, opts, defects=None, layout=None):
     result = _metrics(category, records, pixels, threshold, opts)
     row = result.row
     row["seg_f1"] = pixels.f1_at(pixel_threshold) if pixels.defined else None
-    if spro is not None:
-        row.update(spro.rows())
+    if loco is not None:
+        row.update(loco.rows())
     thr = meta.get("threshold") or {}
     row["threshold_rule"] = thr.get("rule") if threshold is not None else None
     row["pixel_threshold"] = pixel_threshold
@@ -270,55 +271,6 @@ def _metrics(category, records, pixels, threshold, opts):
                 "(%d defective without a mask left out)", category, len(records),
                 row["n_defect"], n_pixel, missing)
     return CategoryResult(row, records, types, curves)
-
-
-class SaturatedPRO:
-    """MVTec LOCO's AU-sPRO (FPR limit ``SPRO_LIMIT``) for each anomaly type and for all of them
-    together: the false positive rate over the pixels of the normal test images only, each
-    ground-truth file one defect, saturating at its ``defects_config.json`` threshold.
-
-    Absolute saturation thresholds count pixels of the original image; at ``--eval_size input``
-    they are scaled by the image's area ratio to the input (relative ones need no scaling).
-    """
-
-    def __init__(self, samples, preprocess, eval_size, defects):
-        self.pre, self.eval_size, self.defects = preprocess, eval_size, defects
-        kinds = sorted({s.defect for s in samples if s.label == 1})
-        n_good = sum(1 for s in samples if s.label == 0)
-        per_image = preprocess.height * preprocess.width
-        self.sets = {k: metrics.PixelSet(n_good * per_image) for k in kinds + ["all"]}
-
-    def add(self, sample, item, amap):
-        if sample.label == 0:
-            for ps in self.sets.values():
-                ps.add(amap, np.zeros(amap.shape, dtype=bool))
-            return
-        if not item.channels:
-            return
-        original = self.eval_size == "original"
-        left, top, right, bottom = self.pre.scored_box(item.original_hw)
-        area = (self.pre.height * self.pre.width) / float((right - left) * (bottom - top))
-        regions, saturations = [], []
-        for path, (value, channel) in zip(sample.masks, item.channels):
-            cfg = self.defects.get(value)
-            if cfg is None:
-                raise UserError(f"ground-truth file '{path}' marks its defect with pixel value "
-                                f"{value}, which defects_config.json does not list: fix the "
-                                "file or the configuration")
-            regions.append(channel if original else
-                           self.pre.mask(channel.astype(np.uint8) * 255))
-            t = cfg["saturation_threshold"]
-            relative = cfg["relative_saturation"]
-            saturations.append((t if relative or original else t * area, relative))
-        for key in (sample.defect, "all"):
-            self.sets[key].add_regions(amap, regions, saturations)
-
-    def rows(self):
-        out = {}
-        for key, ps in self.sets.items():
-            name = "au_spro" if key == "all" else f"au_spro_{key.split('_')[0]}"
-            out[name] = ps.au_pro(SPRO_LIMIT)
-        return out
 
 
 def save_tiff(root, category, sample, full):

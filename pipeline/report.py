@@ -15,7 +15,7 @@ import numpy as np  # noqa: E402
 
 from utils import write_text  # noqa: E402
 
-from .tables import VERDICT_COLUMNS, mean_row, metric_columns  # noqa: E402
+from .tables import VERDICT_COLUMNS, mean_row, printed_columns  # noqa: E402
 
 _CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1150px; color: #222; }
@@ -148,7 +148,7 @@ def write_report(path, results, info=None):
     """Write the report of a run's ``CategoryResult``s to ``path`` (atomically); return it."""
     rows = [r.row for r in results]
     metric_cols = ["category", "n_test", "n_pixel_images"] + \
-        [c for c in metric_columns(rows) if any(r.get(c) is not None for r in rows)]
+        [c for c in printed_columns(rows) if any(r.get(c) is not None for r in rows)]
     facts = "".join(f"<li>{html.escape(str(k))}: {html.escape(str(v))}</li>"
                     for k, v in (info or {}).items())
     parts = ["<!DOCTYPE html><html><head><meta charset='utf-8'>",
@@ -161,8 +161,10 @@ def write_report(path, results, info=None):
              "<h2 id='metrics'>Metrics</h2>", _table(rows, metric_cols, mean_row(rows)),
              "<p class='note'>au_pro: official MVTec AD AU-PRO (FPR limit 0.3); au_pro_05: the "
              "same up to FPR 0.05 (MVTec AD 2's limit); seg_f1: pixel F1 at the pixel "
-             "threshold, pooled over all pixels (MVTec AD 2's SegF1); au_spro*: MVTec LOCO's "
-             "saturated PRO up to FPR 0.05 (all anomalies, logical, structural); paper_pro / "
+             "threshold, pooled over all pixels (MVTec AD 2's SegF1); image_auroc_* and "
+             "au_spro_05_*: MVTec LOCO's image AUROC and saturated PRO up to FPR 0.05 per "
+             "subset (logical, structural, their mean) as MVTec's evaluation computes them "
+             "(results.csv also has the limits 0.01, 0.1, 0.3 and 1); paper_pro / "
              "paper_roc: the OrthoAD paper code's protocol. n/a: undefined for this data.</p>"]
     if any(r.get("threshold") is not None for r in rows):
         parts += ["<h2 id='verdicts'>Verdicts at the threshold</h2>",

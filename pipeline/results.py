@@ -11,7 +11,7 @@ import numpy as np
 from utils import write_csv
 
 from .tables import (COUNT_COLUMNS, IMAGE_COLUMNS, TYPE_COLUMNS, VERDICT_COLUMNS,
-                     mean_row, metric_columns)
+                     mean_row, metric_columns, printed_columns)
 
 
 def _cell(v, width=12):
@@ -36,7 +36,7 @@ def results_table(rows):
     """The metrics table (with a mean row), undefined values as n/a; the image counts behind
     the image metrics (n_test) and the pixel metrics (n_pixel_images)."""
     cols = ["category"] + [c for c in ("n_test", "n_pixel_images") if any(c in r for r in rows)]
-    cols += metric_columns(rows)
+    cols += printed_columns(rows)
     return _table(rows + [mean_row(rows)], cols, {"n_test": 6, "n_pixel_images": 14})
 
 

@@ -9,17 +9,19 @@ read from it:
     <DIR>/anomaly_images_thresholded/<object>/test_private_mixed/000_mixed.png
 
 one file per test image, named by the image's stem, for all eight objects and both private
-sets (the checker counts the files; it then packs DIR as a .tar.gz for upload). The maps are
-written here at the image's original resolution; the binarised masks at the model's pixel
-threshold. Labelled ``test_public`` maps go to the same tree (``test_public/<good|bad>/``), as
-MVTec's dataset class names them.
+sets, and nothing else at any level: any other folder or file (a ``test_public`` folder, a
+log) makes it refuse the tree (the checker counts the files per object: can 321, fabric 314,
+fruit_jelly 255, rice 277, sheet_metal 142, vial 276, wallplugs 232, walnuts 228; it then packs
+DIR as a .tar.gz for upload). The maps are written here at the image's original resolution;
+the binarised masks at the model's pixel threshold. The labelled ``test_public`` maps are not
+part of it: ``--save_maps`` writes them elsewhere.
 
 The files themselves are written by ``outputs.write_server_map`` (predict.py uses it too).
 """
 import logging
 
 from datasets.ignore import original_map
-from outputs import MASKS, write_server_map
+from outputs import MAPS, MASKS, write_server_map
 
 logger = logging.getLogger(__name__)
 
@@ -53,4 +55,29 @@ def write_unlabelled(model, data, root, batch_size):
     logger.info("%s: maps of %d unlabelled test images (%s) written for the MVTec AD 2 "
                 "evaluation server under %s", data.name, n, ", ".join(sorted(data.unlabelled)),
                 root)
+    _warn_superfluous(root, data.name, data.unlabelled)
     return n
+
+
+def _warn_superfluous(root, name, unlabelled):
+    """Name what lies in ``root`` beside the server's tree (left by an earlier run or by hand):
+    the upload checker refuses a tree that holds anything else."""
+    import os
+    expected = {os.path.splitext(os.path.basename(p))[0] for paths in unlabelled.values()
+                for p in paths}
+    extra = [e for e in sorted(os.listdir(root)) if e not in (MAPS, MASKS)]
+    for top in (MAPS, MASKS):
+        obj = os.path.join(root, top, name)
+        if not os.path.isdir(obj):
+            continue
+        extra += [os.path.join(top, name, e) for e in sorted(os.listdir(obj))
+                  if e not in unlabelled]
+        for split in unlabelled:
+            folder = os.path.join(obj, split)
+            extra += [os.path.join(top, name, split, f) for f in sorted(os.listdir(folder))
+                      if os.path.splitext(f)[0] not in expected]
+    if extra:
+        logger.warning("%s: %s holds %d entr%s beside the server's tree (%s%s): MVTec's upload "
+                       "checker refuses the tree until they are removed", name, root,
+                       len(extra), "y" if len(extra) == 1 else "ies", ", ".join(extra[:4]),
+                       ", ..." if len(extra) > 4 else "")

@@ -341,3 +341,14 @@ def test_16bit_rgba_palette_and_small_images_work(base, tmp_path):
     np.testing.assert_array_equal(load_rgb(str(good / "101_rgba.png")), ref)
     r = run_script(*_train(data, tmp_path))
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_a_renamed_flag_still_works_and_names_its_new_name(caplog):
+    """predict.py's --save_maps became --save_server_maps (eval.py's --save_maps means float32
+    maps in the evaluators' layout): the old name reaches the new flag, with a warning."""
+    import predict
+    with caplog.at_level("WARNING"):
+        args = predict.get_args(["x.png", "--save_maps", "DIR"])
+    assert args.save_server_maps == "DIR"
+    assert "--save_maps is now called --save_server_maps" in caplog.text
+    assert predict.get_args(["x.png"]).save_server_maps is None

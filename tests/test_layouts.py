@@ -52,7 +52,7 @@ def test_reader_lists_exactly_what_the_generator_wrote(layout, trees):
     assert dataset.layout == layout
     files = read_manifest(trees[layout])["files"]
     categories = ["brick"] if layout == "folder" else dataset.select("all")
-    assert categories == ["brick"] if layout == "folder" else ["brick", "gravel"]
+    assert categories == (["brick"] if layout == "folder" else ["brick", "gravel"])
     for cat in categories:
         data = dataset.read(dataset.select(cat)[0])
         mine = [f for f in files if f["category"] == cat]
@@ -139,63 +139,37 @@ def test_mvtec_ad2_threshold_follows_the_rule_on_validation_images_only(trees, t
                                                        rel=1e-4)
 
 
-def test_mvtec_ad2_maps_take_the_server_form(trees, tmp_path):
-    """--save_maps writes float16 single-channel TIFFs and 0/255 PNGs named by the images' stems
-    for the labelled and both private sets, at the original size."""
+def test_mvtec_loco_metrics_follow_the_official_definition_on_the_saved_maps(trees, tmp_path):
+    """Input 32 px on 64 px images, so that the maps go through the original-size path: every
+    MVTec LOCO column of results.csv against the definition written the long way
+    (test_official_parity) on the .tiff maps eval.py wrote, read back with the ground truth
+    and defects_config.json as MVTec's evaluation reads them."""
     import tifffile
-    save, maps = str(tmp_path / "ad2"), tmp_path / "maps"
-    train.main(train.get_args(["--data_path", trees["mvtec_ad2"], "--category", "gravel", *FIT,
-                               "--save_path", save, "--eval", "--save_maps", str(maps)]))
-    for split in ("test_private", "test_private_mixed"):
-        images = sorted(os.listdir(os.path.join(trees["mvtec_ad2"], "gravel", split)))
-        tiffs = sorted(os.listdir(maps / "anomaly_images" / "gravel" / split))
-        pngs = sorted(os.listdir(maps / "anomaly_images_thresholded" / "gravel" / split))
-        assert [os.path.splitext(f)[0] for f in tiffs] == [os.path.splitext(f)[0]
-                                                             for f in images]
-        assert [os.path.splitext(f)[0] for f in pngs] == [os.path.splitext(f)[0] for f in images]
-        for t, p in zip(tiffs, pngs):
-            a = tifffile.imread(maps / "anomaly_images" / "gravel" / split / t)
-            b = np.asarray(Image.open(maps / "anomaly_images_thresholded" / "gravel" / split / p))
-            assert a.dtype == np.float16 and a.shape == (64, 64) and np.isfinite(a).all()
-            assert b.ndim == 2 and set(np.unique(b)) <= {0, 255}
-    assert (maps / "anomaly_images" / "gravel" / "test_public" / "bad").is_dir()
+    from sklearn.metrics import roc_auc_score
 
-
-def test_mvtec_loco_reports_spro_per_anomaly_type_and_together(trees, tmp_path):
-    """At the original size, against the definition written the long way (test_metrics) on
-    the .tiff maps eval.py wrote, each ground-truth file a region with its configuration's
-    saturation, the false positive rate over the normal images only."""
-    import tifffile
-    from datasets.loading import read_channel
-    from datasets.mvtec_loco import read_defects_config
-    from test_metrics import _spro_long_way
-    _, save = _metrics("mvtec_loco", trees, tmp_path, "--holdout", "0")
+    from test_official_parity import read_loco_ground_truth, spro_long_way
+    _, save = _metrics("mvtec_loco", trees, tmp_path, "--holdout", "0", "--input_size", "32")
     maps_dir = tmp_path / "maps"
     row = eval_script.main(eval_script.get_args([
         "--data_path", trees["mvtec_loco"], "--category", "brick", "--k", "8", "--save_path",
-        save, "--eval_PRO", "--eval_size", "original", "--save_maps", str(maps_dir)]))[0]
-    root = os.path.join(trees["mvtec_loco"], "brick")
-    config = read_defects_config(os.path.join(root, "defects_config.json"))
-    goods, regions = [], {"logical_anomalies": [], "structural_anomalies": []}
-    for kind in ("good", "logical_anomalies", "structural_anomalies"):
-        for f in sorted(os.listdir(os.path.join(root, "test", kind))):
-            stem = os.path.splitext(f)[0]
-            m = tifffile.imread(maps_dir / "brick" / "test" / kind / f"{stem}.tiff")
-            if kind == "good":
-                goods.append(m)
-                continue
-            gt = os.path.join(root, "ground_truth", kind, stem)
-            for ch in sorted(os.listdir(gt)):
-                value, region = read_channel(os.path.join(gt, ch), m.shape)
-                c = config[value]
-                n = int(region.sum())
-                sat = c["saturation_threshold"] * n if c["relative_saturation"] else \
-                    min(c["saturation_threshold"], n)
-                regions[kind].append((m[region], sat))
-    for key, rs in (("au_spro_logical", regions["logical_anomalies"]),
-                    ("au_spro_structural", regions["structural_anomalies"]),
-                    ("au_spro", regions["logical_anomalies"] + regions["structural_anomalies"])):
-        assert row[key] == pytest.approx(_spro_long_way(goods, rs, 0.05), abs=1e-6), key
+        save, "--eval_PRO", "--save_maps", str(maps_dir)]))[0]
+    gt = read_loco_ground_truth(os.path.join(trees["mvtec_loco"], "brick"))
+    maps = {key: tifffile.imread(maps_dir / "brick" / "test" / key[0] / f"{key[1]}.tiff")
+            for key in gt}
+    assert {m.shape for m in maps.values()} == {(64, 64)}
+    assert any(len(d) > 1 for d in gt.values())              # several files in one image
+    means = {}
+    for sub in ("logical", "structural"):
+        keys = [k for k in gt if k[0] in ("good", f"{sub}_anomalies")]
+        for limit, name in ((0.01, "01"), (0.05, "05"), (0.1, "10"), (0.3, "30"), (1.0, "100")):
+            want = spro_long_way([maps[k] for k in keys], [gt[k] for k in keys], limit)
+            assert row[f"au_spro_{name}_{sub}"] == pytest.approx(want, abs=1e-9), (sub, name)
+            means.setdefault(name, []).append(want)
+        labels = [k[0] != "good" for k in keys]
+        assert row[f"image_auroc_{sub}"] == pytest.approx(
+            roc_auc_score(labels, [maps[k].max() for k in keys]), abs=1e-9)
+    for name, values in means.items():
+        assert row[f"au_spro_{name}_mean"] == pytest.approx(np.mean(values), abs=1e-9)
 
 
 def test_visa_jpeg_tree_reads_and_masks_are_nonzero_not_255(tmp_path):
@@ -258,7 +232,8 @@ def test_loco_errors_for_a_bad_config_and_an_unlisted_defect_value(trees, tmp_pa
     entries = json.loads(cfg.read_text())
     cfg.write_text(json.dumps([dict(entries[0], saturation_threshold=-1)] + entries[1:]))
     r = run_script("train.py", "--data_path", str(dst), "--save_path", str(tmp_path / "o"), *FIT)
-    assert r.returncode == 2 and "entry 0 is malformed" in r.stderr
+    assert r.returncode == 2 and "entry 0 has relative_saturation true, so its " \
+        "saturation_threshold must be a decimal number in (0, 1]" in r.stderr
     cfg.write_text(json.dumps(entries[1:]))              # value 255 (scratch) no longer listed
     r = run_script("train.py", "--data_path", str(dst), "--category", "brick", "--save_path",
                    str(tmp_path / "o"), *FIT, "--eval", "--eval_PRO")
