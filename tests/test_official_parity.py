@@ -295,20 +295,37 @@ def test_save_server_maps_is_what_the_ad2_checker_accepts(tmp_path):
              layout="mvtec_ad2", n_private=2 * AD2_COUNTS["sheet_metal"])
     shutil.move(str(data / "brick"), str(data / "sheet_metal"))
     server, maps = tmp_path / "server", tmp_path / "maps"
-    train.main(train.get_args([
+    row = train.main(train.get_args([
         "--data_path", str(data), "--category", "sheet_metal", "--no-pretrained", "--k", "8",
         "--input_size", "32", "--batch_size", "32", "--save_path", str(tmp_path / "out"),
-        "--eval", "--save_server_maps", str(server), "--save_maps", str(maps)]))
+        "--eval", "--eval_PRO", "--eval_size", "original", "--save_server_maps", str(server),
+        "--save_maps", str(maps)]))[0]
     sizes = {}
     for s in ("test_private", "test_private_mixed"):
         for f in os.listdir(data / "sheet_metal" / s):
             sizes[("sheet_metal", s, os.path.splitext(f)[0])] = \
                 Image.open(data / "sheet_metal" / s / f).size[::-1]
     check_server_tree(str(server), {"sheet_metal": AD2_COUNTS["sheet_metal"]}, sizes)
-    public = sorted(os.listdir(maps / "sheet_metal" / "test" / "bad"))
-    assert public and all(f.endswith(".tiff") for f in public)
-    assert tifffile.imread(maps / "sheet_metal" / "test" / "bad" / public[0]).dtype == \
-        np.float32
+    # results.csv's AD 2 metrics against oracles on the float32 test_public maps it saved:
+    # AU-PRO@0.05 (the official definition written directly), SegF1 at the model's pixel
+    # threshold (scikit-learn's F1 over all pixels), pixel AUROC
+    from sklearn.metrics import f1_score, roc_auc_score
+
+    from conftest import official_au_pro
+    data_ad2 = Dataset(DataOptions(data_path=str(data))).read("sheet_metal")
+    amaps, gts = [], []
+    for s in data_ad2.test:
+        stem = os.path.splitext(os.path.basename(s.path))[0]
+        amaps.append(tifffile.imread(maps / "sheet_metal" / "test" / s.defect / f"{stem}.tiff"))
+        gts.append(np.asarray(Image.open(s.masks[0])) > 127 if s.masks else
+                   np.zeros(amaps[-1].shape, bool))
+    amaps, gts = np.stack(amaps), np.stack(gts)
+    assert amaps.dtype == np.float32 and amaps.shape[1:] == (64, 64)
+    assert row["au_pro_05"] == pytest.approx(official_au_pro(gts, amaps, 0.05), abs=1e-6)
+    assert row["pixel_auroc"] == pytest.approx(roc_auc_score(gts.ravel(), amaps.ravel()),
+                                               abs=1e-9)
+    assert row["seg_f1"] == pytest.approx(
+        f1_score(gts.ravel(), amaps.ravel() > np.float32(row["pixel_threshold"])), abs=1e-9)
 
 
 def test_the_checker_rules_refuse_what_the_checker_refuses(tmp_path):
