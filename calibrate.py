@@ -62,16 +62,19 @@ def _test_data(args, meta, category):
         dataset = Dataset(data_options(args))
         return dataset.read(dataset.select(category)[0])
     record = meta.get("data") or {}
+    abnormal = record.get("abnormal_dir")
+    types = record.get("abnormal_types")
     opts = DataOptions(data_format=record.get("layout", "mvtec"), data_path=meta.get("data_path"),
                        normal_dir=record.get("normal_dir"),
-                       abnormal_dir=record.get("abnormal_dir"),
+                       abnormal_dir=[f"{t}={p}" for t, p in zip(types, abnormal)]
+                       if abnormal and types and len(types) == len(abnormal) else abnormal,
                        normal_test_dir=record.get("normal_test_dir"),
                        mask_dir=record.get("mask_dir"))
     split = record.get("normal_split") or {}
     if split:
         opts.normal_split, opts.seed = split.get("fraction"), split.get("seed", 0)
     folders = [p for p in (opts.data_path, opts.normal_dir, opts.normal_test_dir, opts.mask_dir,
-                           *(opts.abnormal_dir or [])) if p]
+                           *(abnormal or [])) if p]
     if not folders or not all(isinstance(p, str) and os.path.isdir(p) for p in folders):
         raise UserError("the data the model was fitted on is not where it records it: pass "
                         "--data_path (or the folder flags) so that test images can be kept out "

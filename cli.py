@@ -70,8 +70,10 @@ def add_model_args(parser, fitting):
         parser.add_bool("--save_sums", False, "also store the float64 sums in the model file "
                         "so that train.py --update can add images later (4096 * k(k+1)/2 * 8 "
                         "bytes at 256 px: 165 MB at k=100, 1.48 GB at k=300)")
-        parser.add_bool("--update", False, "fold the images of --data_path/<category>/train/good "
-                        "into the existing model (fitted with --save_sums), exactly")
+        parser.add_bool("--update", False, "fold the normal training images of the data given "
+                        "(--data_path's train/good, or --normal_dir) into the existing model "
+                        "(fitted with --save_sums), exactly; images already in it are skipped, "
+                        "its test, validation and calibration images refused")
         parser.add_argument("--cell", type=str, default="auto",
                             help="side of the blocks of patch positions that share one Gaussian: "
                                  "auto (1, or the smallest that keeps the statistics under 4.5 GB "
@@ -85,8 +87,12 @@ def add_model_args(parser, fitting):
         parser.add_bool("--pretrained", True, "Paddle's ImageNet weights (downloaded on first "
                         "use); --no-pretrained or --pretrained=False: seeded random weights "
                         "(tests)")
-        parser.add_argument("--no-pretrained", dest="pretrained", action="store_false",
-                            help="same as --pretrained=False")
+    else:
+        parser.add_bool("--pretrained", None, "not needed: the model file says which weights "
+                        "its backbone has (ImageNet, a file, or random with a seed); given, it "
+                        "must agree with the file")
+    parser.add_argument("--no-pretrained", dest="pretrained", action="store_false",
+                        help="same as --pretrained=False")
     parser.add_argument("--weights", type=str, default=None,
                         help="local backbone weights (.pdparams state dict or .safetensors) "
                              "instead of downloading")
@@ -251,6 +257,12 @@ def check_model_flags(args, meta, path):
     model flag written on the command line that contradicts the file is an error (flags left
     at their defaults are not looked at)."""
     explicit = getattr(args, "explicit", set())
+    pretrained = getattr(args, "pretrained", None)
+    random = str(meta.get("weights_source", "")).startswith("random:")
+    if pretrained is not None and pretrained == random:
+        raise UserError(f"--{'pretrained' if pretrained else 'no-pretrained'} contradicts the "
+                        f"model file '{path}' (fitted with {meta.get('weights_source')} "
+                        "weights): leave it out, the file says which weights its backbone has")
     for key in MODEL_FLAGS:
         if not hasattr(args, key) or getattr(args, key) is None:
             continue

@@ -54,6 +54,8 @@ def get_args(argv=None):
     cli.add_prediction_args(p)
     p.add_bool("--enable_benchmark", False,
                "print pre-process / inference / post-process times and peak RSS")
+    p.add_not_needed(("--weights", "--pretrained", "--no-pretrained"),
+                     "an export holds its backbone's weights")
     return p.parse_args(argv)
 
 

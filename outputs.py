@@ -123,8 +123,7 @@ class PredictionWriter:
         self.rows.append(row)
         if self._table is not None:
             self._table.add(row)
-        print(f"{path}\tscore {row['score']:.4f}\t{row['verdict']}\t{row['n_regions']} "
-              "region(s)")
+        print(f"{path}\t{p.console_line()}")
         return row
 
     def finish(self):

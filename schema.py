@@ -155,6 +155,21 @@ def _cell(c, meta, grid):
     return ch, cw
 
 
+def _digests(c, record):
+    """The image digests (``datasets.digest``): base64 text of whole 8-byte digests."""
+    import base64
+    import binascii
+    for name in ("statistics", "validation", "calibration", "test"):
+        text = record.get(name, "")
+        try:
+            ok = isinstance(text, str) and \
+                len(base64.b64decode(text.encode("ascii"), validate=True)) % 8 == 0
+        except (binascii.Error, UnicodeEncodeError, ValueError):
+            ok = False
+        if not ok:
+            raise c.fail(f"has malformed image digests ({name})")
+
+
 def check_meta(path, meta):
     """Check a model's metadata; return the facts the arrays are checked against: (F, k, number
     of Gaussians C, input (H, W))."""
@@ -192,6 +207,8 @@ def check_meta(path, meta):
         raise c.fail(f"has n_cells {meta['n_cells']}, but its grid and cells give {n_cells}")
     if meta.get("sums") is not None:
         c.int(c.dict(meta, "sums"), "n_images", 2)
+    if meta.get("digests") is not None:
+        _digests(c, c.dict(meta, "digests"))
     if meta.get("precision", "fp32") != "fp32":
         c.choice(meta, "precision", ("fp32", "int8"))
         from runtime.quantize import check_ranges

@@ -66,6 +66,18 @@ class ArgumentParser(argparse.ArgumentParser):
         self.add_argument(old, dest=target.dest, action=Renamed, type=target.type,
                           default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
+    def add_not_needed(self, flags, why):
+        """Flags other scripts have that this one does not need: given, a one-line error that
+        says why (instead of argparse's 'unrecognized arguments'); hidden from --help."""
+        prog = self.prog
+
+        class NotNeeded(argparse.Action):
+            def __call__(self, parser, namespace, values, option_string=None):
+                parser.error(f"{option_string} is not needed by {prog}: {why}; leave it out")
+        for flag in flags:
+            self.add_argument(flag, nargs="?", action=NotNeeded, default=argparse.SUPPRESS,
+                              help=argparse.SUPPRESS)
+
     def parse_args(self, args=None, namespace=None):
         args = self._explicit_bools(sys.argv[1:] if args is None else list(args))
         parsed = super().parse_args(args, namespace)

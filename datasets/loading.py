@@ -45,6 +45,7 @@ def read_mask(path, rule, image_hw=None):
                         f"{image_hw[1]}x{image_hw[0]}: fix the mask")
     if rule == MASK_NONZERO:
         return m > 0
+    _report_grey(path, m)
     defect = m > 127
     if not defect.any() and m.any() and path not in _WARNED:
         _WARNED.add(path)
@@ -52,6 +53,20 @@ def read_mask(path, rule, image_hw=None):
                        "in this layout; if your masks mark defects with small values (1, 2, ...) "
                        "as VisA's do, use --data_format visa or rescale them to 255", path)
     return defect
+
+
+def _report_grey(path, m):
+    """Say once per folder that its masks hold grey values, and the rule applied to them."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if folder in _WARNED:
+        return
+    values = np.unique(m)
+    if np.isin(values, (0, 255)).all():
+        return
+    _WARNED.add(folder)
+    logger.warning("masks in '%s' hold grey values ('%s': %d values from %d to %d, e.g. JPEG "
+                   "or anti-aliased masks): a pixel above 127 is read as a defect", folder,
+                   os.path.basename(path), len(values), int(values.min()), int(values.max()))
 
 
 def read_channel(path, image_hw):

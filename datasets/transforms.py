@@ -254,10 +254,16 @@ def image_size(path):
 
 
 def list_inputs(path):
-    """An image file or a folder of images -> sorted list of image paths (UserError if none)."""
+    """An image file or a folder of images -> sorted list of image paths (UserError if none);
+    masks beside the images (``datasets.mask_pairs``) are left out."""
     if os.path.isdir(path):
+        from .mask_pairs import split_masks
         files = sorted(os.path.join(path, f) for f in os.listdir(path)
                        if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith("."))
+        files, masks = split_masks(files)
+        if masks:
+            logger.info("%d masks beside the images in '%s' are not scored (a file that pairs "
+                        "with an image by name is its mask)", len(masks), path)
         if not files:
             raise UserError(f"folder '{path}' holds no images ({', '.join(IMAGE_EXTENSIONS)}): "
                             "pass an image or a folder of images")

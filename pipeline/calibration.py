@@ -23,6 +23,7 @@ import numpy as np
 
 import metrics
 from datasets import folder
+from datasets.digest import DigestSets, digests, duplicates
 from datasets.mvtec import scan_labelled
 from datasets.samples import warn_masks
 from utils import UserError
@@ -127,6 +128,11 @@ def calibration_samples(source, category, n_categories, data):
         if real in test_files or any(real.startswith(d + os.sep) for d in test_dirs):
             raise UserError(f"calibration image '{s.path}' is a test image of '{category}': "
                             "calibrate on other images, never on the test set")
+    same = duplicates([s.path for s in samples], sorted(test_files))
+    if same:
+        raise UserError(f"calibration image '{same[0][0]}' has the content of test image "
+                        f"'{same[0][1]}' of '{category}': calibrate on other images, never on "
+                        "the test set")
     return samples
 
 
@@ -160,6 +166,12 @@ def calibrate(model, samples, target, batch_size, source):
         image, _ = metrics.best_f1_threshold(labels, scores)
         rule = f"best F1 of score > threshold on the calibration images in {source}"
     else:
+        n_good = int((labels == 0).sum())
+        if n_good * fpr < 1:
+            logger.warning("--threshold_target fpr=%g on %d normal calibration images: one "
+                           "image is already %.3g of them, so the threshold cannot resolve the "
+                           "target (it rejects none of them); give at least %d normal images",
+                           fpr, n_good, 1.0 / n_good, int(np.ceil(1.0 / fpr)))
         image = metrics.fpr_threshold(scores[labels == 0], fpr)
         rule = (f"at most {fpr:g} of the normal calibration images in {source} score above "
                 "the threshold")
@@ -182,6 +194,9 @@ def calibrate(model, samples, target, batch_size, source):
                                                                    "source", "holdout_scores",
                                                                    "holdout_files")}}
     model.meta["threshold"] = record
+    sets = DigestSets(model.meta.get("digests"))
+    sets.replace("calibration", digests([s.path for s in samples]))
+    model.meta["digests"] = sets.record()
     disp = model.meta.get("display") or {}
     if disp.get("vmin") is not None:
         disp["vmax"] = disp["vmin"] + 2.0 * (max(image, pixel) - disp["vmin"])

@@ -104,21 +104,23 @@ def _pixel_capacity(samples, pre, eval_size):
 
 
 class _Worst:
-    """The k records with the largest keys, with their image and map."""
+    """The k records with the largest keys, with what their pictures need."""
 
     def __init__(self, k):
         self.k, self.heap, self.n = k, [], 0
 
-    def offer(self, key, record, image, amap):
-        """``image``: a callable, called only if the record is kept."""
+    def offer(self, key, record, picture):
+        """``picture``: a callable giving (image, map, ground truth or None, scored (h, w)),
+        called only if the record is kept."""
         self.n += 1
         if len(self.heap) < self.k:
-            heapq.heappush(self.heap, (key, self.n, record, image(), amap))
+            heapq.heappush(self.heap, (key, self.n, record, picture()))
         elif key > self.heap[0][0]:
-            heapq.heapreplace(self.heap, (key, self.n, record, image(), amap))
+            heapq.heapreplace(self.heap, (key, self.n, record, picture()))
 
     def items(self):
-        return [(r, img, m) for _, _, r, img, m in sorted(self.heap, key=lambda t: -t[0])]
+        """[(record, image, map, ground truth or None, scored (h, w))], largest key first."""
+        return [(r, *p) for _, _, r, p in sorted(self.heap, key=lambda t: -t[0])]
 
 
 def evaluate_category(model, data, opts):
@@ -183,9 +185,13 @@ def evaluate_samples(model, samples, category, opts, defects=None):
                 paper_masks.append(mask)
         if opts.maps_dir:
             save_tiff(opts.maps_dir, category, sample, full)
+        left, top, right, bottom = pre.scored_box(hw)
+        scored_hw = (bottom - top, right - left)            # pictures: as the image is
         if opts.report:          # highest-scoring normal images, lowest-scoring defective ones
             worst, key = (worst_fp, score) if sample.label == 0 else (worst_fn, -score)
-            worst.offer(key, records[-1], lambda: pre.unnormalise(x), amap)
+            worst.offer(key, records[-1], lambda: (pre.unnormalise(x), amap,
+                                                   mask if sample.has_mask else None,
+                                                   scored_hw))
         if opts.pic_dir:
             stem = os.path.splitext(os.path.basename(sample.path))[0]
             vmin, vmax = visualize.display_range(meta, amap)
@@ -193,7 +199,7 @@ def evaluate_samples(model, samples, category, opts, defects=None):
                 os.path.join(opts.pic_dir, category, f"{sample.defect}_{stem}.png"),
                 pre.unnormalise(x), amap, score, threshold, vmin, vmax,
                 mask if in_pixels else None, title=f"{category}/{sample.defect}/{stem}",
-                pixel_threshold=pixel_threshold)
+                pixel_threshold=pixel_threshold, scored_hw=scored_hw)
     eval_s = time.perf_counter() - start
     logger.info("%s: scored %d images in %.1f s (%.1f img/s)", category, len(samples), eval_s,
                 len(samples) / eval_s)

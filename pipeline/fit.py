@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import paddle
 
+from datasets.digest import DigestSets, digests
 from datasets.loading import prefetch_batches
 from datasets.transforms import image_size, load_rgb
 from models import linalg
@@ -298,7 +299,7 @@ def fit_category(data, cfg, backbone, cache_dir, group=None):
         else list(detector.cell), "n_cells": detector.n_cells,
         "feature_dim": int(w.shape[0]), "category": category,
         "data_path": data.record.get("data_path") or os.path.abspath(data.root),
-        "data": data.record,
+        "data": data.record, "digests": image_digests(data),
         "n_train": len(files), "weights_source": backbone.weights_source,
         "weights_sha256": backbone.weights_sha256,
         "threshold": threshold_record, "image_sizes": _image_sizes(files),
@@ -376,3 +377,15 @@ def _describe_linalg(info):
     if info["path"] == "ctypes":
         return f"BLAS / LAPACK through ctypes on {info['threads']} thread(s)"
     return f"SciPy wrappers on 1 thread ({info['reason']})"
+
+
+def image_digests(data):
+    """The digest record of a fit (``datasets.digest``): every training image is in the
+    statistics (held-out ones are added after scoring), validation images set the threshold,
+    the test split (labelled and unlabelled) is recorded so that no update can take it."""
+    sets = DigestSets(complete=True)
+    sets.add("statistics", digests(data.train))
+    sets.add("validation", digests(data.validation))
+    sets.add("test", digests([s.path for s in data.test] +
+                             [p for ps in data.unlabelled.values() for p in ps]))
+    return sets.record()

@@ -24,6 +24,7 @@ table { border-collapse: collapse; margin: .6em 0 1.2em; font-size: .9em; }
 th, td { border: 1px solid #ccc; padding: .25em .6em; text-align: right; }
 th:first-child, td:first-child { text-align: left; } th { background: #f3f3f3; }
 tr.mean td { font-weight: bold; } .note { color: #555; font-size: .9em; }
+.warn { background: #fff3cd; border: 1px solid #e0b252; padding: .6em .9em; }
 img { max-width: 100%; display: block; margin: .4em 0; } nav a { margin-right: 1em; }
 """
 
@@ -96,20 +97,27 @@ def _histogram_figure(res):
 
 
 def _examples_figure(items, title, threshold, display):
+    """Each item's image and overlay at the image's own aspect ratio, the ground truth
+    outlined (green) on defective images."""
+    from visualize import pixel_aspect
     fig, axes = plt.subplots(2, len(items), figsize=(2.6 * len(items), 5.4), squeeze=False)
     vmin, vmax = display
     if vmin is None:                                    # no fixed scale: one for the figure
-        vmin = min(float(m.min()) for _, _, m in items)
-        vmax = max(float(m.max()) for _, _, m in items)
-    for j, (rec, image, amap) in enumerate(items):
-        axes[0, j].imshow(image)
+        vmin = min(float(np.nanmin(it[2])) for it in items)
+        vmax = max(float(np.nanmax(it[2])) for it in items)
+    for j, (rec, image, amap, gt, scored_hw) in enumerate(items):
+        pa = pixel_aspect(amap.shape, scored_hw)
+        axes[0, j].imshow(image, aspect=pa)
         axes[0, j].set_title(f"{rec['defect']}/{rec['path'].rsplit('/', 1)[-1]}", fontsize=7)
-        axes[1, j].imshow(image)
-        axes[1, j].imshow(amap, cmap="jet", alpha=0.5, vmin=vmin, vmax=vmax)
+        axes[1, j].imshow(image, aspect=pa)
+        axes[1, j].imshow(amap, cmap="jet", alpha=0.5, vmin=vmin, vmax=vmax, aspect=pa)
+        if gt is not None and gt.any():
+            axes[1, j].contour(gt, levels=[0.5], colors="lime", linewidths=1.0)
         axes[1, j].set_title(f"score {rec['score']:.3g} ({rec['verdict']})", fontsize=8)
         for ax in axes[:, j]:
             ax.axis("off")
-    fig.suptitle(title + ("" if threshold is None else f"; threshold {threshold:.3g}"),
+    fig.suptitle(title + ("" if threshold is None else f"; threshold {threshold:.3g}") +
+                 ("; green: ground truth" if any(it[3] is not None for it in items) else ""),
                  fontsize=10)
     return _png(fig)
 
@@ -144,6 +152,17 @@ def _category_section(res):
     return "\n".join(parts)
 
 
+def _weights_warning(info):
+    """A banner when the backbone's weights are random: the figures show that the pipeline
+    works, not what ImageNet features give."""
+    source = str((info or {}).get("backbone weights") or "")
+    if not source.startswith("random:"):
+        return ""
+    return ("<p class='warn'><b>Random backbone weights</b> (" + html.escape(source) + "): "
+            "these figures show that the pipeline works on this data, not what ImageNet "
+            "weights achieve. Fit without --no-pretrained for meaningful results.</p>")
+
+
 def write_report(path, results, info=None):
     """Write the report of a run's ``CategoryResult``s to ``path`` (atomically); return it."""
     rows = [r.row for r in results]
@@ -155,7 +174,7 @@ def write_report(path, results, info=None):
              "<title>OrthoAD-Paddle evaluation report</title>", f"<style>{_CSS}</style>",
              "</head><body>", "<h1>OrthoAD-Paddle evaluation report</h1>",
              f"<ul class='note'><li>written {time.strftime('%Y-%m-%d %H:%M:%S')}</li>{facts}"
-             "</ul>",
+             "</ul>", _weights_warning(info),
              "<nav>" + "".join(f"<a href='#{html.escape(r['category'])}'>"
                                f"{html.escape(r['category'])}</a>" for r in rows) + "</nav>",
              "<h2 id='metrics'>Metrics</h2>", _table(rows, metric_cols, mean_row(rows)),

@@ -8,6 +8,7 @@ the calibration images, and that no model made with other settings would be repl
 import logging
 
 import cli
+from datasets.digest import duplicates
 from datasets.layouts import open_data
 from utils import UserError, ensure_dir, model_path, run_dir
 
@@ -23,6 +24,19 @@ from .update import update_category
 logger = logging.getLogger(__name__)
 
 EPS_RANGE = (1e-6, 1e6)          # as the model-file schema accepts (schema.EPS_RANGE)
+
+
+def refuse_test_copies(data):
+    """UserError if a test image of ``data`` has the content of a training or validation image
+    (a copy under another name or folder): a test image must never be fitted."""
+    test = [s.path for s in data.test] + [p for ps in data.unlabelled.values() for p in ps]
+    for split, files in (("training", data.train), ("validation", data.validation)):
+        same = duplicates(test, files)
+        if same:
+            t, f = same[0]
+            raise UserError(f"test image '{t}' has the same content as {split} image '{f}'"
+                            f"{f' (and {len(same) - 1} more pairs)' if len(same) > 1 else ''}: "
+                            "a test image must never be fitted; remove one of the copies")
 
 
 class TrainingRun:
@@ -50,6 +64,8 @@ class TrainingRun:
             self.data[c].require_train(minimum=1 if args.update else 2)
             if args.eval:
                 self.data[c].require_test()
+            if not args.update:
+                refuse_test_copies(self.data[c])
         self.calibration = {c: calibration_samples(self.source, c, len(self.all_categories),
                                                    self.data[c])
                             for c in self.all_categories} if self.source else {}
@@ -80,20 +96,23 @@ class TrainingRun:
         return model_path(a.save_path, a.method, a.arch, a.k, category)
 
     def _model(self, category):
-        """The category's model: fitted, or the saved one with the new images folded in."""
+        """(the category's model, whether it is new): fitted, or the saved one with the new
+        images folded in (unchanged when none of them is new)."""
         a = self.args
         if a.update:
             old = models_io.load(self.path(category),
                                  {"method": a.method, "arch": a.arch, "k": a.k}, a.weights)
-            return update_category(old, self.data[category], a.batch_size, a.holdout, a.seed,
-                                   a.engine, a.stats)
-        return fit_category(self.data[category], self.cfg, self.backbone, None, self.fit_group)
+            new = update_category(old, self.data[category], a.batch_size, a.holdout, a.seed,
+                                  a.engine, a.stats)
+            return (old, False) if new is None else (new, True)
+        return fit_category(self.data[category], self.cfg, self.backbone, None,
+                            self.fit_group), True
 
     def process(self, category):
         """Fit (or update), calibrate, save and evaluate one category; return its row (None on
         ranks that only helped to fit it)."""
         a = self.args
-        model = self._model(category)
+        model, changed = self._model(category)
         if model is None:                  # another rank finalises this category
             return None
         if category in self.calibration or a.eval:
@@ -101,10 +120,11 @@ class TrainingRun:
         if category in self.calibration:
             calibrate(model, self.calibration[category], self.target, a.batch_size,
                       self.source.describe())
-        model.save(self.path(category))
+        if changed or category in self.calibration:
+            model.save(self.path(category))
         row = {"category": category, "n_train": model.meta["n_train"],
-               "fit_seconds": model.meta["updates"][-1]["seconds"] if a.update
-               else model.meta["fit_seconds"]}
+               "fit_seconds": model.meta["updates"][-1]["seconds"] if a.update and
+               model.meta.get("updates") else model.meta.get("fit_seconds")}
         result = None
         if a.eval:                         # the model just fitted, from memory
             result = evaluate_category(model, self.data[category], self.opts)

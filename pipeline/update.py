@@ -17,6 +17,7 @@ import time
 
 import paddle
 
+from datasets.digest import DigestSets, digests
 from datasets.transforms import image_size
 from models import linalg
 from models.device_gaussian import DeviceGaussian
@@ -48,12 +49,49 @@ def _check_sizes(model, files):
                             "fit a new model")
 
 
+def new_images(model, data):
+    """(the training images of ``data`` not yet in ``model``'s statistics, their digests),
+    each image once, by content (``datasets.digest``).
+
+    Raises:
+        UserError: an image is one of the model's test, validation or calibration images, or
+            a test image of ``data``: those never reach the statistics.
+    """
+    sets = DigestSets(model.meta.get("digests"))
+    files = data.require_train(minimum=1)
+    found = digests(files)
+    guarded = [(name, sets.sets[name]) for name in ("test", "validation", "calibration")]
+    guarded.append(("current test", set(digests(
+        [s.path for s in data.test] + [p for ps in data.unlabelled.values() for p in ps]))))
+    for f, d in zip(files, found):
+        for name, values in guarded:
+            if d in values:
+                what = "a test image of the data given" if name == "current test" else \
+                    f"one of the model's {name} images"
+                raise UserError(f"'{f}' is {what} (by content): it never goes into the "
+                                "statistics; update with other normal images")
+    if not sets.complete:
+        logger.warning("%s: the model records no image digests (fitted by an earlier version): "
+                       "images already in it cannot be recognised and would count twice; fit it "
+                       "again to record them", data.name)
+    fresh, seen = [], set(sets.sets["statistics"])
+    for f, d in zip(files, found):
+        if d not in seen:
+            fresh.append((f, d))
+            seen.add(d)
+    if len(fresh) < len(files):
+        logger.info("%s: %d of the %d images are already in the model's statistics (or given "
+                    "twice): skipped", data.name, len(files) - len(fresh), len(files))
+    return [f for f, _ in fresh], [d for _, d in fresh]
+
+
 def update_category(model, data, batch_size=16, holdout=0.1, seed=0, engine="auto",
                     stats="auto", cache_dir=None):
-    """Fold the normal training images of ``data`` (``datasets.samples.CategoryData``) into
-    ``model`` (a ``pipeline.model.Model`` fitted with --save_sums); return the updated Model
-    (not yet saved). Where ``data`` has validation images, the threshold is set on them again
-    under the updated statistics."""
+    """Fold the normal training images of ``data`` (``datasets.samples.CategoryData``) that
+    are not in ``model`` yet (``new_images``) into it (a ``pipeline.model.Model`` fitted with
+    --save_sums); return the updated Model (not yet saved), or None if no image is new. Where
+    ``data`` has validation images, the threshold is set on them again under the updated
+    statistics."""
     start = time.perf_counter()
     meta, arrays = dict(model.meta), dict(model.arrays)
     if "sums_s2_upper" not in arrays:
@@ -61,7 +99,10 @@ def update_category(model, data, batch_size=16, holdout=0.1, seed=0, engine="aut
                         "new images: fit it again with train.py --save_sums (or fit on all the "
                         "images)")
     category = data.name
-    files = data.require_train(minimum=1)
+    files, new_digests = new_images(model, data)
+    if not files:
+        logger.info("%s: no new image: the model is unchanged", category)
+        return None
     _check_sizes(model, files)
     detector, pre = model.detector, model.preprocess
     on_device = stats == "device" or (stats == "auto" and
@@ -112,6 +153,9 @@ def update_category(model, data, batch_size=16, holdout=0.1, seed=0, engine="aut
     threshold = meta["threshold"]["image"]
     meta["n_train"] = int(meta["n_train"]) + len(files)
     meta["sums"] = dict(meta["sums"], n_images=gauss.n_samples_seen_)
+    sets = DigestSets(meta.get("digests"))
+    sets.add("statistics", new_digests)
+    meta["digests"] = sets.record()
     meta.setdefault("updates", []).append({
         "data_path": os.path.abspath(data.root), "layout": data.layout, "n_images": len(files),
         "n_holdout": len(hold_files), "engine": used,

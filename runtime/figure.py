@@ -42,7 +42,8 @@ def prediction_figure(prediction, meta, name=""):
     """A PIL image: input | anomaly map + colour bar | overlay with the mask's outline."""
     amap = prediction.anomaly_map
     h, w = amap.shape
-    size = (max(1, round(PANEL * w / h)), PANEL)
+    sh, sw = prediction.scored_hw or (h, w)                  # as the image is, not the input
+    size = (max(1, round(PANEL * min(4.0, max(0.25, sw / sh)))), PANEL)
     vmin, vmax = display_range(meta, amap)
     scaled = (np.nan_to_num(amap, nan=vmin) - vmin) / max(vmax - vmin, 1e-12)
     heat = jet(scaled)

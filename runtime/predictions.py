@@ -69,6 +69,8 @@ class Prediction:
         threshold_source: where the thresholds come from (holdout, validation, calibration,
             given).
         input_image: uint8 [H, W, 3] network input for figures (only if asked for).
+        scored_hw: (height, width) of the scored part of the original image: figures draw the
+            network's input and map at this aspect ratio, as the image is.
     """
     path: object
     score: float
@@ -81,6 +83,7 @@ class Prediction:
     mask: np.ndarray
     threshold_source: object = None
     input_image: np.ndarray = None
+    scored_hw: tuple = None
 
     @property
     def height(self):
@@ -101,6 +104,16 @@ class Prediction:
         if self.image_threshold is None or self.pixel_threshold is None:
             return None
         return (self.verdict == "anomalous") == bool(self.regions)
+
+    def console_line(self):
+        """One line for a terminal: the verdict, its score against the image threshold, and
+        the regions; where the two disagree, why (the two thresholds)."""
+        line = f"score {self.score:.4f}\t{self.verdict}\t{len(self.regions)} region(s)"
+        if self.agree is False:
+            t, p = self.image_threshold, self.pixel_threshold
+            line += (f" (verdict: score {'>' if self.score > t else '<='} image threshold "
+                     f"{t:.4g}; regions: pixels > pixel threshold {p:.4g})")
+        return line
 
     def record(self):
         """The JSON-able result (what regions/<stem>.json holds and the service answers)."""
@@ -126,5 +139,6 @@ def make_prediction(preprocess, amap, score, original_hw, thresholds, ignore=Non
     mask = np.zeros(full.shape, dtype=bool) if pixel_t is None else \
         np.nan_to_num(full, nan=-np.inf) > pixel_t
     verdict = "unknown" if image_t is None else ("anomalous" if score > image_t else "normal")
+    left, top, right, bottom = preprocess.scored_box(original_hw)
     return Prediction(path, float(score), verdict, image_t, pixel_t, regions(mask, full), amap,
-                      full, mask, threshold_source, input_image)
+                      full, mask, threshold_source, input_image, (bottom - top, right - left))
