@@ -108,6 +108,11 @@ def add_precision_args(parser, fitting):
         parser.add_argument("--calibration_images", type=positive_int, default=None,
                             help="with --precision int8: normal training images the "
                                  "quantisation is calibrated on (default: up to 32)")
+        parser.add_argument("--int8_max_change", type=float, default=0.1,
+                            help="with --precision int8: a float32 model is fitted beside it "
+                                 "and both score the normal images the threshold is learned "
+                                 "on; int8 is refused if their scores change by more than this "
+                                 "(median, relative) (docs/engines.md)")
     else:
         parser.add_argument("--precision", type=str, default="auto",
                             choices=["auto", "fp32", "int8"],

@@ -211,9 +211,10 @@ def check_meta(path, meta):
         _digests(c, c.dict(meta, "digests"))
     if meta.get("precision", "fp32") != "fp32":
         c.choice(meta, "precision", ("fp32", "int8"))
-        from runtime.quantize import check_ranges
-        check_ranges((meta.get("int8") or {}).get("ranges") if isinstance(meta.get("int8"), dict)
-                     else None, f"model file '{path}'")
+        from runtime.quantize import check_fp32_nodes, check_ranges
+        int8 = meta.get("int8") if isinstance(meta.get("int8"), dict) else {}
+        check_ranges(int8.get("ranges"), f"model file '{path}'")
+        check_fp32_nodes(int8.get("fp32_nodes", []), f"model file '{path}'")
     return f, k, n_cells, (h, w)
 
 

@@ -8,8 +8,12 @@ gravel). Test images may carry one synthetic defect, with its exact mask:
 * ``patch``: an ellipse pasted from another texture.
 
 brick and grass are written as tinted RGB, gravel as 8-bit grayscale (to exercise the grayscale
--> RGB path). ``hires`` is a high-resolution category (2048 x 2048 by default, any size) of
-gravel at its native grain with defects 8-16 px across. The output depends only on the seed.
+-> RGB path). ``tissue``, ``galaxy`` and ``retina`` are crops of real colour photographs
+scikit-image ships (immunohistochemistry 512 x 512, Hubble deep field 872 x 1000, retina
+1411 x 1411), with the same defects (a patch comes from another of the photographs): natural
+image statistics, for checks such as int8's that the grey textures would flatter. ``hires`` is a
+high-resolution category (2048 x 2048 by default, any size) of gravel at its native grain with
+defects 8-16 px across. The output depends only on the seed.
 
 Usage: python -m datasets.synthetic --out demo_data
 """
@@ -27,11 +31,19 @@ from utils import ArgumentParser, UserError, atomic_path, ensure_dir, positive_i
 logger = logging.getLogger(__name__)
 
 TEXTURES = {"brick": (1.0, 0.75, 0.6), "grass": (0.7, 1.0, 0.6), "gravel": None}
+PHOTOS = {"tissue": "immunohistochemistry", "galaxy": "hubble_deep_field", "retina": "retina"}
 DEFECTS = ("blob", "patch", "scratch")
 
 
+def _sources():
+    """{category: float array [H, W] (textures) or [H, W, 3] (photographs)}."""
+    out = {name: getattr(skdata, name)() for name in TEXTURES}
+    out.update({name: getattr(skdata, src)() for name, src in PHOTOS.items()})
+    return out
+
+
 def _crop(texture, height, width, rng):
-    h, w = texture.shape
+    h, w = texture.shape[:2]
     y, x = rng.integers(0, h - height + 1), rng.integers(0, w - width + 1)
     c = texture[y:y + height, x:x + width].astype(np.float64)
     if rng.random() < 0.5:
@@ -49,10 +61,10 @@ def _centre(shape, rng):
 
 def _defect(img, kind, other, rng):
     """Draw one defect on the float image [H, W] in place; return its boolean mask."""
-    size = min(img.shape)
-    mask = np.zeros_like(img, dtype=bool)
+    size = min(img.shape[:2])
+    mask = np.zeros(img.shape[:2], dtype=bool)
     if kind == "scratch":
-        r0, c0 = _centre(img.shape, rng)
+        r0, c0 = _centre(img.shape[:2], rng)
         angle = rng.uniform(0, np.pi)
         length = rng.uniform(0.25, 0.45) * size
         half_width = rng.uniform(1.5, 3.5)
@@ -61,13 +73,14 @@ def _defect(img, kind, other, rng):
         p0, p1 = np.array([r0, c0]) - d * length / 2, np.array([r0, c0]) + d * length / 2
         corners = np.array([p0 + n * half_width, p1 + n * half_width,
                             p1 - n * half_width, p0 - n * half_width])
-        rr, cc = draw.polygon(corners[:, 0], corners[:, 1], shape=img.shape)
+        rr, cc = draw.polygon(corners[:, 0], corners[:, 1], shape=img.shape[:2])
         mask[rr, cc] = True
         img[mask] = 20.0 if img.mean() > 128 else 235.0
     else:
-        r0, c0 = _centre(img.shape, rng)
+        r0, c0 = _centre(img.shape[:2], rng)
         ra, rb = rng.uniform(0.05, 0.12, 2) * size
-        rr, cc = draw.ellipse(r0, c0, ra, rb, shape=img.shape, rotation=rng.uniform(0, np.pi))
+        rr, cc = draw.ellipse(r0, c0, ra, rb, shape=img.shape[:2],
+                              rotation=rng.uniform(0, np.pi))
         mask[rr, cc] = True
         if kind == "blob":
             img[mask] = np.clip(img[mask] * rng.choice([0.35, 1.8]), 0, 255)
@@ -77,7 +90,8 @@ def _defect(img, kind, other, rng):
 
 
 def _encode(array, tint):
-    """float [H, W] in 0..255 -> uint8 [H, W] (gray) or [H, W, 3] (tinted)."""
+    """float [H, W] (or [H, W, 3]) in 0..255 -> uint8 [H, W] (gray) or [H, W, 3] (tinted, or
+    a colour photograph as it is)."""
     a = np.clip(np.round(array), 0, 255).astype(np.uint8)
     if tint is not None:
         a = np.clip(np.round(a[:, :, None] * np.asarray(tint)), 0, 255).astype(np.uint8)
@@ -110,8 +124,12 @@ def draw_category(name, ci, textures, n_train, n_good, n_defect, size, height, s
     validation and private images after all others, so that asking for them changes nothing
     else)."""
     rng = np.random.default_rng([seed, ci])
-    tex, tint = textures[name], TEXTURES[name]
-    others = [textures[o] for o in TEXTURES if o != name]
+    family = PHOTOS if name in PHOTOS else TEXTURES
+    tex, tint = textures[name], TEXTURES.get(name)
+    if height > tex.shape[0] or size > tex.shape[1]:
+        raise UserError(f"demo category '{name}' crops a {tex.shape[1]}x{tex.shape[0]} source: "
+                        f"{size}x{height} images do not fit in it; ask for smaller ones")
+    others = [textures[o] for o in family if o != name]
     items = [Item(name, "train", 0, "good", i, _crop(tex, height, size, rng), tint)
              for i in range(n_train)]
     items += [Item(name, "test", 0, "good", i, _crop(tex, height, size, rng), tint)
@@ -147,7 +165,7 @@ def generate(out, categories=tuple(TEXTURES), n_train=30, n_good=5, n_defect=10,
     height = size if height is None else height
     n_validation = writer.N_VALIDATION if n_validation is None else n_validation
     n_private = writer.N_PRIVATE if n_private is None else n_private
-    textures = {name: getattr(skdata, name)() for name in TEXTURES}
+    textures = _sources()
     entries = []
     for ci, name in enumerate(categories):
         if name == HIRES:
@@ -155,7 +173,7 @@ def generate(out, categories=tuple(TEXTURES), n_train=30, n_good=5, n_defect=10,
                 raise ValueError("the hires category is written in the mvtec layout only")
             generate_hires(out, n_train, n_good, n_defect, height, size, seed)
             continue
-        if name not in TEXTURES:
+        if name not in TEXTURES and name not in PHOTOS:
             raise ValueError(f"unknown demo category '{name}': choose from {CATEGORIES}")
         items = draw_category(name, ci, textures, n_train, n_good, n_defect, size, height, seed,
                               n_validation, n_private)
@@ -168,7 +186,7 @@ def generate(out, categories=tuple(TEXTURES), n_train=30, n_good=5, n_defect=10,
 
 HIRES = "hires"
 HIRES_DEFECTS = ("speck", "nick")
-CATEGORIES = tuple(TEXTURES) + (HIRES,)
+CATEGORIES = tuple(TEXTURES) + tuple(PHOTOS) + (HIRES,)
 
 
 def _tiled(texture, height, width, rng):
@@ -186,7 +204,8 @@ def _small_defect(img, kind, rng):
     c0 = rng.integers(16, img.shape[1] - 16)
     if kind == "speck":
         ra, rb = rng.uniform(4, 8, 2)
-        rr, cc = draw.ellipse(r0, c0, ra, rb, shape=img.shape, rotation=rng.uniform(0, np.pi))
+        rr, cc = draw.ellipse(r0, c0, ra, rb, shape=img.shape[:2],
+                              rotation=rng.uniform(0, np.pi))
         mask[rr, cc] = True
         img[mask] = np.clip(img[mask] * rng.choice([0.3, 2.0]), 0, 255)
     else:
@@ -233,8 +252,9 @@ def get_args(argv=None):
                                    "benchmark's layout, with manifest.json (every file written).")
     p.add_argument("--out", type=str, default="demo_data", help="output root folder")
     p.add_argument("--categories", type=str, default=",".join(TEXTURES),
-                   help="comma-separated subset of " + ",".join(TEXTURES) + f" and {HIRES} "
-                        "(high resolution, defects of 8-16 px)")
+                   help="comma-separated subset of " + ",".join(TEXTURES) + " (textures), " +
+                        ",".join(PHOTOS) + f" (colour photographs) and {HIRES} (high "
+                        "resolution, defects of 8-16 px)")
     p.add_argument("--n_train", type=positive_int, default=30, help="normal training images")
     p.add_argument("--n_good", type=positive_int, default=5, help="normal test images")
     p.add_argument("--n_defect", type=positive_int, default=10, help="defective test images")

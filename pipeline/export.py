@@ -114,8 +114,8 @@ def _int8_graph(model):
 
     from .graphs import build, build_int8, default_cache
     cache = default_cache()
-    embed = onnx.load(os.path.join(build_int8(model.detector, cache,
-                                              model.meta["int8"]["ranges"]), "model.onnx"))
+    embed = onnx.load(os.path.join(build_int8(model.detector, cache, model.meta["int8"]),
+                                   "model.onnx"))
     head = onnx.load(os.path.join(build("head", model.detector, cache, "onnx"), "model.onnx"))
     for m in (embed, head):                           # one IR version and opset for both
         m.ir_version = max(embed.ir_version, head.ir_version)

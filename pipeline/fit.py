@@ -30,6 +30,7 @@ from utils import UserError, library_versions, progress
 from .distributed import Group
 from .geometry import batch_for, choose, choose_cell, stats_bytes
 from .graphs import embedder
+from .int8 import Fp32Reference, calibrate_int8, check_images, check_int8, compare_scores
 from .model import Model
 
 logger = logging.getLogger(__name__)
@@ -57,6 +58,7 @@ class FitConfig:
     save_sums: bool = False
     precision: str = "fp32"
     calibration_images: int = None
+    int8_max_change: float = 0.1
 
     @classmethod
     def from_args(cls, args):
@@ -68,7 +70,8 @@ class FitConfig:
                    input_size=parse_input_size(args.input_size), cell=parse_cell(args.cell),
                    engine=args.engine, stats=args.stats, ignore_mask=args.ignore_mask,
                    save_sums=args.save_sums, precision=args.precision,
-                   calibration_images=args.calibration_images)
+                   calibration_images=args.calibration_images,
+                   int8_max_change=args.int8_max_change)
 
     def request(self):
         """What the user asked for that decides the model (stored in it; compared before a
@@ -252,14 +255,26 @@ def fit_category(data, cfg, backbone, cache_dir, group=None):
     gaussian = DeviceGaussian if on_device else PatchGaussian
     gauss = gaussian(eps=cfg.eps, members=detector.members if detector.cell_size > 1 else None)
     t = time.perf_counter()
-    int8 = calibrate_int8(detector, fit_files, preprocess, batch, cfg, cache_dir, category) \
-        if cfg.precision == "int8" else None
-    embed, engine = embedder(cfg.engine, detector, cache_dir, linalg.n_threads(),
-                             int8 and int8["ranges"])
+    int8, checked = None, []
+    if cfg.precision == "int8":
+        int8 = calibrate_int8(detector, fit_files, preprocess, batch, cfg, cache_dir, category)
+        checked, what = check_images(hold_files, validation,
+                                     [f for f in fit_files if os.path.basename(f) in
+                                      set(int8["calibration"]["files"])])
+        int8 = check_int8(int8, detector, checked, what, preprocess, batch, cache_dir,
+                          category)
+    embed, engine = embedder(cfg.engine, detector, cache_dir, linalg.n_threads(), int8)
+    reference = None
     if int8:                                 # calibration + quantisation (cached graph: ~0)
         int8["calibration"]["setup_seconds"] = round(time.perf_counter() - t, 3)
+        if group.world == 1:                 # the fp32 model beside it, for the comparison
+            reference = Fp32Reference(embed, embedder("onnxruntime", detector, cache_dir,
+                                                      linalg.n_threads())[0],
+                                      gaussian(eps=cfg.eps, members=detector.members
+                                               if detector.cell_size > 1 else None))
     shard = group.shard(fit_files, reserve=len(hold_files))
-    batches = embed_files(embed, shard, preprocess, batch, f"fit {category}")
+    batches = embed_files(reference.embed if reference else embed, shard, preprocess, batch,
+                          f"fit {category}")
     first = next(batches, None)
     group.common_shift(gauss, first, (detector.n_cells, cfg.k))
     if first is not None:
@@ -279,12 +294,27 @@ def fit_category(data, cfg, backbone, cache_dir, group=None):
                                                batch, f"validation {category}", ignore)
         threshold_record, display = holdout_record(scores, validation, vmin, VALIDATION_RULE,
                                                    "validation")
+        if reference:
+            compare_scores(int8, scores, score_files(
+                reference.embed32, detector, reference.gauss32, validation, preprocess, batch,
+                f"validation {category} (fp32)", ignore)[0], category,
+                cfg.int8_max_change)
     else:
         if hold_files:
             scores, vmin, finalize_s = score_holdout(detector, gauss, held, batch, ignore)
             gauss.partial_fit(held)
             del held
+            if reference:
+                held32 = embed_holdout(reference.embed32, hold_files, preprocess, batch, category)
+                compare_scores(int8, scores, score_holdout(detector, reference.gauss32, held32,
+                                                           batch, ignore)[0], category,
+                               cfg.int8_max_change)
+                del held32
         threshold_record, display = holdout_record(scores, hold_files, vmin)
+    if reference and not (validation or hold_files):
+        logger.warning("%s: no held-out or validation image, so the int8 backbone's cost "
+                       "against fp32 is not measured (fit with --holdout above 0)", category)
+    reference = None                         # the fp32 statistics: compared, dropped
     warn_few(category, len(scores), "validation" if validation else "held-out")
     t = time.perf_counter()
     gauss.finalize()
@@ -331,40 +361,6 @@ def fit_category(data, cfg, backbone, cache_dir, group=None):
     on_gpu = getattr(gauss, "precision_tensor_", None)           # already on the device
     detector.set_gaussian(gauss.mean_, gauss.precision_ if on_gpu is None else on_gpu)
     return model
-
-
-DEFAULT_CALIBRATION = 32
-
-
-def calibrate_int8(detector, files, preprocess, batch, cfg, cache_dir, category):
-    """The int8 backbone's calibration record: activation ranges of the float32 embedding graph
-    over a seeded draw of normal training images (never test images), and which ones."""
-    from runtime.quantize import HEADROOM, MIN_CALIBRATION, QUANTISED, calibrate
-    from .graphs import build, default_cache, int8_engine
-    int8_engine(cfg.engine)
-    wanted = cfg.calibration_images
-    n = min(len(files), DEFAULT_CALIBRATION) if wanted is None else wanted
-    if wanted is not None and wanted > len(files):
-        raise UserError(f"--calibration_images {wanted}: '{category}' has only {len(files)} "
-                        "normal training images to calibrate on (the held-out ones excluded): "
-                        "ask for fewer, or add images")
-    if n < MIN_CALIBRATION:
-        raise UserError(f"int8 needs at least {MIN_CALIBRATION} calibration images; "
-                        f"'{category}' gives {n}: add normal training images or use "
-                        "--precision fp32")
-    pick = sorted(np.random.default_rng(cfg.seed).choice(len(files), n, replace=False).tolist())
-    chosen = [files[i] for i in pick]
-    src = os.path.join(build("embed", detector, cache_dir or default_cache(), "onnx"),
-                       "model.onnx")
-    t = time.perf_counter()
-    batches = (np.stack(b) for b in prefetch_batches(
-        chosen, lambda f: preprocess.image(load_rgb(f)), batch))
-    ranges = calibrate(src, batches)
-    logger.info("%s: int8 backbone calibrated on %d normal training images in %.1f s (%d "
-                "activation ranges)", category, n, time.perf_counter() - t, len(ranges))
-    return {"ranges": ranges, "calibration": {
-        "n_images": n, "files": [os.path.basename(f) for f in chosen], "seed": cfg.seed,
-        "method": f"MinMax x {HEADROOM}", "quantised": QUANTISED}}
 
 
 def _image_sizes(files, limit=64):

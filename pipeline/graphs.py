@@ -268,14 +268,17 @@ def ranges_key(ranges):
     return hashlib.sha256(json.dumps(ranges, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def build_int8(detector, cache_dir, ranges):
+def build_int8(detector, cache_dir, int8):
     """The folder of the int8 embedding graph (``runtime.quantize``) of ``detector`` with the
-    calibration ``ranges``, built from the float32 one if missing or broken."""
+    model's int8 record (its calibration ``ranges`` and the ``fp32_nodes`` kept in float32),
+    built from the float32 one if missing or broken."""
     from runtime.quantize import quantize_graph
+    ranges, keep = int8["ranges"], list(int8.get("fp32_nodes") or [])
     src = os.path.join(build("embed", detector, cache_dir, "onnx"), "model.onnx")
-    return _cached(cache_dir, "embed8",
-                   f"embed8-{_key('embed', detector, 'onnx')}-{ranges_key(ranges)}-onnx", "onnx",
-                   lambda tmp: quantize_graph(src, ranges, os.path.join(tmp, "model.onnx")))
+    key = ranges_key({"ranges": ranges, "fp32_nodes": keep} if keep else ranges)
+    return _cached(cache_dir, "embed8", f"embed8-{_key('embed', detector, 'onnx')}-{key}-onnx",
+                   "onnx", lambda tmp: quantize_graph(src, ranges, os.path.join(tmp, "model.onnx"),
+                                                      keep))
 
 
 def int8_engine(requested):
@@ -343,7 +346,8 @@ def embedder(requested, detector, cache_dir=None, threads=None, int8=None):
     """(fn(x [B, 3, H, W] float32 ndarray) -> y [B, h*w, k], engine used); y is an ndarray,
     or for dygraph a Tensor on the current device (the statistics can stay there). Graphs are
     cached in ``cache_dir`` (default: the user's cache, ``default_cache``). ``int8``: the
-    calibration ranges of an int8 backbone (ONNX Runtime only, never a silent fallback)."""
+    int8 record of an int8 backbone ({ranges, fp32_nodes}; ONNX Runtime only, never a silent
+    fallback)."""
     cache_dir = cache_dir or default_cache()
     if int8 is not None:
         int8_engine(requested)
@@ -367,7 +371,7 @@ def embedder(requested, detector, cache_dir=None, threads=None, int8=None):
 def scorer(requested, detector, mean, precision, cache_dir=None, threads=None, int8=None):
     """(fn(x) -> (maps [B, H, W], scores [B]), engine used) under the Gaussian (mean,
     precision), which the compiled graphs receive as inputs without copies. ``int8``: the
-    calibration ranges of an int8 backbone: the int8 embedding graph, then the float32 head."""
+    int8 record of an int8 backbone: the int8 embedding graph, then the float32 head."""
     cache_dir = cache_dir or default_cache()
     if int8 is not None:
         embed, _ = embedder(requested, detector, cache_dir, threads, int8)

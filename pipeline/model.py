@@ -50,7 +50,7 @@ class Model:
         """Score with ``requested`` (``--engine``; graphs cached in ``cache_dir``, default the
         user's graph cache); an int8 model on its int8 backbone."""
         from .graphs import scorer
-        int8 = self.meta["int8"]["ranges"] if self.precision == "int8" else None
+        int8 = self.meta["int8"] if self.precision == "int8" else None
         self._scorer, self.engine = scorer(requested, self.detector, self.arrays["mean"],
                                            self.arrays["precision"], cache_dir, threads, int8)
         return self

@@ -52,6 +52,9 @@ class TrainingRun:
         cli.check_common(args)
         if not 0 <= args.holdout < 1:
             raise UserError(f"--holdout {args.holdout} must be in [0, 1)")
+        if getattr(args, "int8_max_change", 1.0) <= 0:
+            raise UserError(f"--int8_max_change {args.int8_max_change} must be positive (a "
+                            "relative change, e.g. 0.05)")
         if not EPS_RANGE[0] <= args.eps <= EPS_RANGE[1]:
             raise UserError(f"--eps {args.eps} is out of range: use a value in "
                             f"[{EPS_RANGE[0]:g}, {EPS_RANGE[1]:g}] (the papers use 0.01)")

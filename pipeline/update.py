@@ -115,7 +115,7 @@ def update_category(model, data, batch_size=16, holdout=0.1, seed=0, engine="aut
     max_hold = max(1, min(MAX_HOLDOUT, HOLDOUT_BYTES // (detector.n_positions * meta["k"] * 4)))
     fit_files, hold_files = split_holdout(files, 0.0 if data.validation else holdout, seed,
                                           max_hold)
-    int8 = meta["int8"]["ranges"] if meta.get("precision") == "int8" else None
+    int8 = meta["int8"] if meta.get("precision") == "int8" else None
     embed, used = embedder(engine, detector, cache_dir, linalg.n_threads(), int8)
     for y in embed_files(embed, fit_files, pre, batch, f"update {category}"):
         gauss.partial_fit(y)

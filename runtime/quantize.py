@@ -52,22 +52,22 @@ def _prepared(src, work):
     return out
 
 
-def _quantise(t, pre, dst, cache, reader=None):
+def _quantise(t, pre, dst, cache, reader=None, exclude=()):
     level = logging.root.manager.disable
     logging.disable(logging.WARNING)         # ORT's quantiser advises on the root logger
     try:
-        _quantise_loud(t, pre, dst, cache, reader)
+        _quantise_loud(t, pre, dst, cache, reader, exclude)
     finally:
         logging.disable(level)
 
 
-def _quantise_loud(t, pre, dst, cache, reader):
+def _quantise_loud(t, pre, dst, cache, reader, exclude=()):
     t["quantize_static"](pre, dst, reader, quant_format=t["QuantFormat"].QDQ,
                          op_types_to_quantize=["Conv"], per_channel=True,
                          activation_type=t["QuantType"].QUInt8,
                          weight_type=t["QuantType"].QInt8,
                          calibrate_method=t["CalibrationMethod"].MinMax,
-                         calibration_cache_path=cache)
+                         calibration_cache_path=cache, nodes_to_exclude=list(exclude))
 
 
 def calibrate(src, batches):
@@ -95,8 +95,9 @@ def calibrate(src, batches):
     return ranges
 
 
-def quantize_graph(src, ranges, dst):
-    """The int8 graph of the float32 graph ``src`` with the stored activation ``ranges``."""
+def quantize_graph(src, ranges, dst, fp32_nodes=()):
+    """The int8 graph of the float32 graph ``src`` with the stored activation ``ranges``, the
+    convolutions named in ``fp32_nodes`` left in float32."""
     t = _tools()
     with tempfile.TemporaryDirectory(prefix="orthoad.quant.") as work:
         pre = _prepared(src, work)
@@ -104,8 +105,27 @@ def quantize_graph(src, ranges, dst):
                    for name, (lo, hi) in ranges.items()}
         cache = os.path.join(work, "ranges.json")
         t["save_tensors_data"](t["TensorsData"](t["CalibrationMethod"].MinMax, tensors), cache)
-        _quantise(t, pre, dst, cache)
+        _quantise(t, pre, dst, cache, exclude=fp32_nodes)
     return dst
+
+
+def conv_nodes(src):
+    """The names of the convolutions the quantiser sees in ``src`` (after its
+    pre-processing), in graph order."""
+    import onnx
+    with tempfile.TemporaryDirectory(prefix="orthoad.nodes.") as work:
+        graph = onnx.load(_prepared(src, work)).graph
+    return [n.name for n in graph.node if n.op_type == "Conv"]
+
+
+def check_fp32_nodes(nodes, where):
+    """The stored list of convolutions kept in float32: plain node names."""
+    from schema import ModelFileError
+    if not isinstance(nodes, list) or not all(isinstance(n, str) and 0 < len(n) <= 200
+                                              for n in nodes):
+        raise ModelFileError(f"{where} holds a malformed list of float32 convolutions: fit it "
+                             "again with train.py --precision int8")
+    return nodes
 
 
 def check_ranges(ranges, where):
