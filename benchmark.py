@@ -68,6 +68,10 @@ def get_args(argv=None):
                "run, an overload run, 1 against 2 workers (resnet18 k=100, 256 px, ONNX export)")
     p.add_argument("--serve_requests", type=positive_int, default=2000,
                    help="requests of the long --serve run (memory growth), e.g. 10000")
+    p.add_argument("--soak", type=int, default=0,
+                   help="hostile soak of serve.py: this many requests mixing good images, "
+                        "garbage, 169-megapixel PNG bombs, unknown categories and slow senders "
+                        "(peak RSS, answers by status, p50 / p99 of the good ones), e.g. 10000")
     p.add_bool("--cold_start", False, "time each script's cold start on one image, and a fit "
                "in a new run folder with and without the user's graph cache")
     p.add_argument("--readers", type=int, default=0,
@@ -96,12 +100,12 @@ def _backbone_pass(files, size, batch):
     import paddle
 
     from datasets.loading import prefetch_batches
-    from datasets.transforms import Preprocess, load_rgb
+    from datasets.transforms import Preprocess
     from pipeline.backbones import get_backbone
     bb = get_backbone(_TASK["arch"], False, None, 0)
     pre = Preprocess(size, size)
     t = time.perf_counter()
-    for images in prefetch_batches(files, lambda f: pre.image(load_rgb(f)), batch):
+    for images in prefetch_batches(files, lambda f: pre.load(f)[0], batch):
         with paddle.no_grad():
             bb(paddle.to_tensor(np.stack(images)))[2].numpy()
     return time.perf_counter() - t
@@ -396,6 +400,17 @@ def serve_markdown(s):
     return "\n".join(lines)
 
 
+def soak_markdown(s):
+    return "\n".join([
+        "", f"soak: {s['requests']} requests from {s['clients']} clients in {s['wall_s']:.0f} s "
+        f"(good 70 %, garbage 10 %, 169-megapixel PNG bombs 5 %, unknown category 10 %, slow "
+        f"senders 5 % stalling until --read_timeout {s['read_timeout_s']:g} s)",
+        f"answers by kind and status: {s['statuses']}",
+        f"good answers: p50 {s['good_p50_ms']:.1f} ms, p99 {s['good_p99_ms']:.1f} ms; server "
+        f"RSS {s['rss_before_mib']:.0f} -> {s['rss_after_mib']:.0f} MiB, peak "
+        f"{s['peak_mib']:.0f} MiB; exit status after SIGTERM {s['exit_status']}"])
+
+
 def cold_markdown(c):
     lines = ["", "| command, one 256 px image, new process | median s | min s | max s |",
              "|---|---|---|---|"]
@@ -428,7 +443,7 @@ def main(args):
     if args.latency and "dygraph" not in engines:
         raise UserError("--latency needs the dygraph fit: add dygraph to --engines")
     work = args.work_dir or tempfile.mkdtemp(prefix="orthoad_bench_")
-    readers, serve, cold, precision = [], None, None, []
+    readers, serve, cold, precision, soak = [], None, None, [], None
     if args.precision:
         from bench.precision import bench_precision
         precision = bench_precision(configs, args.precision, work, args.n_train, args.n_test,
@@ -437,6 +452,9 @@ def main(args):
     if args.serve:
         from bench.serve import bench_serve
         serve = bench_serve(work, long_requests=args.serve_requests)
+    if args.soak > 0:
+        from bench.serve import bench_soak
+        soak = bench_soak(work, args.soak)
     if args.cold_start:
         from bench.cold_start import bench_cold_start, bench_new_run_folder
         cold = {"scripts": bench_cold_start(work), "new_run_folder": bench_new_run_folder(work)}
@@ -456,7 +474,7 @@ def main(args):
         results.append(res)
     hires = [row for s in args.hires.split(",") if s for row in bench_hires(s, work, args)]
     out = {"results": results, "hires": hires, "readers": readers, "serve": serve,
-           "precision": precision,
+           "precision": precision, "soak": soak,
            "cold_start": cold,
            "setup": {"n_train": args.n_train, "n_test": args.n_test, "size": args.size,
                      "batch_size": args.batch_size, "cpus": os.cpu_count()}}
@@ -467,6 +485,8 @@ def main(args):
         print(precision_markdown(precision))
     if serve:
         print(serve_markdown(serve))
+    if soak:
+        print(soak_markdown(soak))
     if cold:
         print(cold_markdown(cold))
     print(f"\nJSON in {args.out}")

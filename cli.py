@@ -7,6 +7,7 @@ import sys
 
 from models.archs import CHANNELS as ARCHS, feature_dim
 from models.projection import PROJECTIONS
+from datasets.transforms import PREDICT_MAX_PIXELS
 from utils import UserError, positive_int
 
 
@@ -337,3 +338,7 @@ def add_prediction_args(parser):
                              "anomaly_images[_thresholded]/<category>/<input folder name>/"
                              "<stem>")
     parser.add_renamed("--save_maps", "--save_server_maps")
+    parser.add_argument("--max_pixels", type=positive_int, default=PREDICT_MAX_PIXELS,
+                        help="largest image in pixels, read from its header before decoding "
+                             "(an error beyond: a decompression bomb, or a wrong file); default "
+                             "four 4096 x 3072 frames")

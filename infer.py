@@ -76,6 +76,7 @@ def main(args):
                         f"'{args.category}': pass the matching model")
     if args.threshold is not None:
         detector.with_threshold(args.threshold)
+    detector.max_pixels = args.max_pixels
     name = os.path.basename(os.path.dirname(os.path.abspath(args.model_file))) \
         if not os.path.isdir(args.model_file) else os.path.basename(
             os.path.normpath(args.model_file))       # the export folder's name

@@ -41,6 +41,7 @@ def main(args):
     detector, path = cli.open_detector(args)
     if args.threshold is not None:
         detector.with_threshold(args.threshold)
+    detector.max_pixels = args.max_pixels
     name = os.path.splitext(os.path.basename(path))[0]    # the file's name, not its contents
     out_dir = args.output or os.path.join(os.path.dirname(os.path.abspath(path)), "predict",
                                           name)

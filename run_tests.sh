@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 bash install.sh --test
-exec .venv/bin/python -m pytest -q "$@" tests
+exec .venv/bin/python -m pytest -q -rs "$@" tests

@@ -15,6 +15,7 @@ import sys
 from utils import ArgumentParser, UserError, positive_int, run_cli  # first: quiets Paddle
 
 logger = logging.getLogger("serve")
+FACTORY = "runtime.app:app_from_environment"    # what each uvicorn worker builds the app with
 
 
 def get_args(argv=None):
@@ -42,6 +43,28 @@ def get_args(argv=None):
                    help="requests admitted at once; more get 503 with Retry-After")
     p.add_argument("--max_body_mb", type=float, default=32.0,
                    help="largest image upload, in MB (413 beyond)")
+    p.add_argument("--memory_budget_mb", type=float, default=1024.0,
+                   help="memory the admitted requests' images may take once decoded (24 bytes "
+                        "a pixel: the decoded image, the original-size map, mask and regions); "
+                        "beyond it 503 with Retry-After")
+    p.add_argument("--max_pixels", type=positive_int, default=None,
+                   help="largest image in pixels, read from its header before decoding (413 "
+                        "beyond); default: --max_queue images within --memory_budget_mb, and "
+                        "never below a 4096 x 3072 frame")
+    p.add_argument("--read_timeout", type=float, default=10.0,
+                   help="seconds a client may take to send its image (408 beyond): a slow or "
+                        "stalled sender holds no worker or queue slot longer")
+    p.add_argument("--api_key_file", type=str, default=None,
+                   help="file of API keys, one a line (read again when it changes): /predict, "
+                        "/models and /metrics then need 'Authorization: Bearer <key>'; /health "
+                        "stays open")
+    p.add_bool("--show_paths", False, "/models shows the models' absolute file paths (default: "
+               "file names and SHA-256 only)")
+    p.add_argument("--weights", type=str, default=None,
+                   help="backbone weights of the model files (.pdparams or .safetensors) where "
+                        "they cannot be downloaded; exports hold their own")
+    p.add_not_needed(("--pretrained", "--no-pretrained"),
+                     "the model files say which weights their backbones have")
     p.add_argument("--reload_interval", type=float, default=2.0,
                    help="seconds between checks of the model files for changes (0: never)")
     return p.parse_args(argv)
@@ -49,28 +72,45 @@ def get_args(argv=None):
 
 def main(args):
     from runtime.service import Limits, discover
+    from runtime.service import default_max_pixels
     discover(args.model_dir)                           # a bad folder: one line, before uvicorn
-    if args.max_body_mb <= 0 or args.max_wait_ms < 0 or args.reload_interval < 0:
-        raise UserError("--max_body_mb must be positive, --max_wait_ms and --reload_interval "
-                        "at least 0")
+    if args.max_body_mb <= 0 or args.max_wait_ms < 0 or args.reload_interval < 0 or \
+            args.memory_budget_mb <= 0 or args.read_timeout <= 0:
+        raise UserError("--max_body_mb, --memory_budget_mb and --read_timeout must be "
+                        "positive, --max_wait_ms and --reload_interval at least 0")
+    if args.api_key_file:
+        from runtime.access import ApiKeys
+        ApiKeys(args.api_key_file)                     # a bad key file: one line, before uvicorn
+    elif args.host not in ("127.0.0.1", "localhost", "::1"):
+        logger.warning("serving on %s without --api_key_file: anyone who reaches this port can "
+                       "score images and read /models and /metrics; give an --api_key_file",
+                       args.host)
+    budget = int(args.memory_budget_mb * (1 << 20))
     limits = Limits(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
                     max_queue=args.max_queue, max_body_bytes=int(args.max_body_mb * (1 << 20)),
+                    memory_budget_bytes=budget,
+                    max_pixels=args.max_pixels or default_max_pixels(budget, args.max_queue),
+                    read_timeout_s=args.read_timeout,
                     reload_interval_s=args.reload_interval or 1e9)
     threads = args.cpu_threads
     if threads is None:
         threads = max(1, len(os.sched_getaffinity(0)) // args.workers)
     os.environ["ORTHOAD_SERVE"] = json.dumps({
         "model_dir": os.path.abspath(args.model_dir), "engine": args.engine,
-        "threads": threads, "limits": limits.__dict__})
+        "threads": threads, "limits": limits.__dict__,
+        "api_key_file": args.api_key_file and os.path.abspath(args.api_key_file),
+        "show_paths": args.show_paths,
+        "weights": args.weights and os.path.abspath(args.weights)})
     import signal
     import uvicorn
     # uvicorn drains on SIGTERM, then restores this handler and raises the signal again: exit 0
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     logger.info("serving %s on http://%s:%d with %d worker(s), %d engine thread(s) each",
                 args.model_dir, args.host, args.port, args.workers, threads)
-    uvicorn.run("runtime.app:app_from_environment", factory=True, host=args.host,
+    uvicorn.run(FACTORY, factory=True, host=args.host,
                 port=args.port, workers=args.workers, log_level="warning",
-                timeout_graceful_shutdown=30, access_log=False)
+                timeout_graceful_shutdown=30, access_log=False,
+                timeout_keep_alive=max(1, int(args.read_timeout)))
     return 0
 
 

@@ -21,6 +21,25 @@ import numpy as np
 from .common import ROOT, prepared_model, rss_mib
 
 
+def png_bomb(width, height):
+    """A valid RGB PNG of ``width`` x ``height`` black pixels, compressed row by row, never held
+    decoded (13000 x 13000: 0.5 MB on the wire, 507 MB decoded, under PIL's own limit)."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + \
+            struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    comp, parts = zlib.compressobj(9), []
+    row = b"\x00" * (1 + 3 * width)
+    for start in range(0, height, 256):
+        parts.append(comp.compress(row * min(256, height - start)))
+    parts.append(comp.flush())
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", b"".join(parts)) + \
+        chunk(b"IEND", b"")
+
+
 def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -194,4 +213,94 @@ def bench_serve(work, requests=(200, 400, 800), long_requests=2000, workers=(1, 
                                    "rss_mib": srv.rss(), "statuses": codes})
         finally:
             srv.stop()
+    return out
+
+
+def _slow_sender(port, hold_s):
+    """A client that announces a 100 kB body, sends 4 bytes, then stalls; returns the status
+    the server answered (or 0 if it only closed)."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=hold_s + 30)
+    try:
+        s.sendall(b"POST /predict?category=brick HTTP/1.1\r\nHost: x\r\n"
+                  b"Content-Type: image/png\r\nContent-Length: 100000\r\n\r\n\x89PNG")
+        data = s.recv(64)
+        return int(data.split(b" ")[1]) if data.startswith(b"HTTP/") else 0
+    except OSError:
+        return 0
+    finally:
+        s.close()
+
+
+def bench_soak(work, n_requests=10000, clients=16, read_timeout=2.0):
+    """``n_requests`` requests from ``clients`` kept-alive clients, mixed: 70 % good images, 10 %
+    garbage bytes, 5 % 13000 x 13000 PNG bombs, 10 % an unknown category, and 5 % slow senders
+    (a separate pool of 8, each stalling until --read_timeout); the server's peak RSS, the
+    answers by status and the p50 / p99 latency of the good answers."""
+    m = prepared_model(work)
+    model_dir = os.path.dirname(m["exports"]["onnx"])
+    good = [open(f, "rb").read() for f in m["images"]]
+    rng = np.random.default_rng(0)
+    garbage = [rng.integers(0, 255, 2000, dtype=np.uint8).tobytes() for _ in range(4)]
+    bomb = png_bomb(13000, 13000)
+    kinds = rng.choice(["good", "garbage", "bomb", "category", "slow"], n_requests,
+                       p=[0.70, 0.10, 0.05, 0.10, 0.05])
+    srv = _Service(model_dir, "--read_timeout", str(read_timeout))
+    lat, statuses, lock = [], {}, threading.Lock()
+    queue = [k for k in kinds if k != "slow"]
+    n_slow = int((kinds == "slow").sum())
+
+    def count(code):
+        with lock:
+            statuses[code] = statuses.get(code, 0) + 1
+
+    def client(i):
+        conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=120)
+        for j in range(i, len(queue), clients):
+            kind = queue[j]
+            body = {"good": good[j % len(good)], "garbage": garbage[j % 4], "bomb": bomb,
+                    "category": good[0]}[kind]
+            cat = "nothere" if kind == "category" else "brick"
+            t = time.perf_counter()
+            try:
+                conn.request("POST", f"/predict?category={cat}", body,
+                             {"Content-Type": "image/png"})
+                r = conn.getresponse()
+                r.read()
+                code = r.status
+            except OSError:
+                code = 0
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=120)
+            if kind == "good" and code == 200:
+                with lock:
+                    lat.append(time.perf_counter() - t)
+            count(f"{kind} {code}")
+        conn.close()
+
+    def slow(_):
+        count(f"slow {_slow_sender(srv.port, read_timeout)}")
+    rss0 = srv.rss()
+    try:
+        t = time.perf_counter()
+        from concurrent.futures import ThreadPoolExecutor
+        with ThreadPoolExecutor(8) as slow_pool:
+            slow_futures = [slow_pool.submit(slow, i) for i in range(n_slow)]
+            threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+            for th in threads:
+                th.start()
+            for th in threads:
+                th.join()
+            for f in slow_futures:
+                f.result()
+        wall = time.perf_counter() - t
+        lat = np.array(lat)
+        out = {"requests": n_requests, "clients": clients, "read_timeout_s": read_timeout,
+               "wall_s": wall, "statuses": dict(sorted(statuses.items())),
+               "good_p50_ms": 1000 * float(np.percentile(lat, 50)),
+               "good_p99_ms": 1000 * float(np.percentile(lat, 99)),
+               "rss_before_mib": rss0, "rss_after_mib": srv.rss(),
+               "peak_mib": srv.rss("VmHWM")}
+    finally:
+        out_status = srv.stop()
+    out["exit_status"] = out_status
     return out

@@ -12,7 +12,7 @@ import numpy as np
 from utils import UserError
 
 from .samples import MASK_NONZERO
-from .transforms import load_mask, load_rgb
+from .transforms import load_mask
 
 logger = logging.getLogger(__name__)
 _WARNED = set()
@@ -86,8 +86,7 @@ def read_channel(path, image_hw):
 def load_test_item(sample, preprocess, channels=False):
     """Sample -> ``TestItem``; all-zero masks for normal images and for defect images without a
     mask. ``channels``: also return MVTec LOCO's ground-truth files one by one."""
-    rgb = load_rgb(sample.path)
-    hw = rgb.shape[:2]
+    x, hw = preprocess.load(sample.path)
     defect = np.zeros(hw, dtype=bool)
     chans = [] if channels else None
     for path in sample.masks:
@@ -98,7 +97,7 @@ def load_test_item(sample, preprocess, channels=False):
             m = read_mask(path, sample.mask_rule, hw)
         defect |= m
     mask_orig = defect.astype(np.uint8) * 255
-    return TestItem(preprocess.image(rgb), preprocess.mask(mask_orig), hw, mask_orig, chans)
+    return TestItem(x, preprocess.mask(mask_orig), hw, mask_orig, chans)
 
 
 def decoding_threads():

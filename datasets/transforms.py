@@ -62,27 +62,66 @@ def load_rgb(path):
 
 
 MAX_PIXELS = 16384 * 16384        # larger images are refused (a decompression bomb, or a mistake)
+CAMERA_FRAME = 4096 * 3072         # the service's --max_pixels never defaults below one
+PREDICT_MAX_PIXELS = 4 * CAMERA_FRAME   # predict.py, infer.py and the Python API by default
+DRAFT_PIXELS = 4 << 20             # JPEGs above this are decoded at a reduced scale (draft)
 
 
-def decode_rgb(data, what="the image"):
-    """Encoded image bytes (PNG, JPEG, BMP, TIFF) -> uint8 RGB [H, W, 3]; UserError naming why
-    not (empty, not an image, corrupt, larger than ``MAX_PIXELS``)."""
+class TooManyPixels(UserError):
+    """An image whose header declares more pixels than allowed (refused before decoding)."""
+
+
+def open_header(data, what="the image"):
+    """A PIL image of encoded bytes with only its header read (size, mode, format); UserError
+    if they are empty or no image."""
     import io
     if not data:
         raise UserError(f"{what} is empty: send the bytes of a PNG, JPEG, BMP or TIFF image")
     try:
-        img = Image.open(io.BytesIO(data))
-        if img.width * img.height > MAX_PIXELS:
-            raise UserError(f"{what} is {img.width}x{img.height} pixels, more than the "
-                            f"{MAX_PIXELS} allowed: send a smaller image")
-        img.load()
+        return Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
         raise UserError(f"{what} is not an image format PIL recognises: send a PNG, JPEG, BMP "
                         "or TIFF image") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise UserError(f"{what} cannot be decoded ({str(exc).splitlines()[0][:80]}): send an "
                         "intact image") from None
+
+
+def check_pixels(width, height, what, max_pixels=None):
+    """TooManyPixels if an image of ``width`` x ``height`` (read from its header) has more than
+    ``max_pixels`` (default ``MAX_PIXELS``) pixels: refused before anything is decoded."""
+    limit = MAX_PIXELS if max_pixels is None else min(int(max_pixels), MAX_PIXELS)
+    n = width * height
+    if n > limit:
+        raise TooManyPixels(f"{what} is {width}x{height} = {n / 1e6:.1f} megapixels, above the "
+                            f"limit of {limit / 1e6:.1f} (--max_pixels): send a smaller image")
+    return n
+
+
+def read_rgb(img, what, draft_to=None, path=None):
+    """Decode a header-read PIL image -> uint8 RGB [H, W, 3]; a JPEG above ``DRAFT_PIXELS``
+    is decoded at the smallest of PIL's draft scales (1/2, 1/4, 1/8) that stays at least
+    ``draft_to`` (W, H). ``path``: the file it came from (for the error's wording)."""
+    try:
+        if draft_to is not None and img.format == "JPEG" and \
+                img.width * img.height > DRAFT_PIXELS:
+            img.draft("RGB", (int(draft_to[0]), int(draft_to[1])))
+        img.load()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        why = str(exc).splitlines()[0][:80]
+        if path is not None:
+            raise UserError(f"cannot read image '{path}' ({why}): replace or remove the "
+                            "file") from None
+        raise UserError(f"{what} cannot be decoded ({why}): send an intact image") from None
     return _pil_rgb(img)
+
+
+def decode_rgb(data, what="the image", max_pixels=None, draft_to=None):
+    """Encoded image bytes (PNG, JPEG, BMP, TIFF) -> uint8 RGB [H, W, 3]; UserError naming why
+    not (empty, not an image, corrupt, above ``max_pixels``: checked on the header)."""
+    img = open_header(data, what)
+    check_pixels(img.width, img.height, what, max_pixels)
+    return read_rgb(img, what, draft_to)
 
 
 def to_rgb(image):
@@ -191,6 +230,28 @@ class Preprocess:
         if self.resize is None:
             return np.asarray(img)
         return np.asarray(img.crop(self._crop_box(nh, nw)))
+
+    def draft_size(self, original_hw):
+        """(W, H) a large JPEG may be decoded at (``read_rgb``): twice the size it is resized
+        to, so that the resize still averages over several source pixels."""
+        nh, nw = self._resized_size(*original_hw)
+        return 2 * nw, 2 * nh
+
+    def load(self, source, what=None, max_pixels=None):
+        """An image file path or encoded bytes -> (float32 [3, H, W] network input, (H0, W0)
+        original size); a large JPEG decoded at a reduced scale (``read_rgb``), the same in
+        every path (fit, evaluation, prediction, the service)."""
+        path = None
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            what = what or "the image"
+            img = open_header(bytes(source), what)
+        else:
+            path = os.fspath(source)
+            what = what or f"image '{path}'"
+            img = _open(path, decode=False)
+        check_pixels(img.width, img.height, what, max_pixels)
+        hw = (img.height, img.width)
+        return self.image(read_rgb(img, what, self.draft_size(hw), path)), hw
 
     def image(self, rgb):
         """uint8 [H0, W0, 3] -> float32 [3, H, W] normalised."""

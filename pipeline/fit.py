@@ -18,7 +18,7 @@ import paddle
 
 from datasets.digest import DigestSets, digests
 from datasets.loading import prefetch_batches
-from datasets.transforms import image_size, load_rgb
+from datasets.transforms import image_size
 from models import linalg
 from models.device_gaussian import DeviceGaussian
 from models.gaussian import PatchGaussian, cell_shape, pack_state
@@ -141,7 +141,7 @@ def embed_files(embed, files, preprocess, batch_size, desc):
     engine's callable), loading ahead in threads."""
     bar = progress(len(files), desc)
     try:
-        for batch in prefetch_batches(files, lambda f: preprocess.image(load_rgb(f)), batch_size):
+        for batch in prefetch_batches(files, lambda f: preprocess.load(f)[0], batch_size):
             y = embed(np.stack(batch))
             bar.update(len(batch))
             yield y

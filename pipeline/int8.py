@@ -23,7 +23,6 @@ import time
 import numpy as np
 
 from datasets.loading import prefetch_batches
-from datasets.transforms import load_rgb
 from utils import UserError
 
 logger = logging.getLogger(__name__)
@@ -66,7 +65,7 @@ def calibrate_int8(detector, files, preprocess, batch, cfg, cache_dir, category)
 
 def _batches(files, preprocess, batch):
     return (np.stack(b) for b in prefetch_batches(
-        files, lambda f: preprocess.image(load_rgb(f)), batch))
+        files, lambda f: preprocess.load(f)[0], batch))
 
 
 def check_images(hold_files, validation, calibration):

@@ -30,7 +30,6 @@ def write_unlabelled(model, data, root, batch_size):
     """Score every unlabelled test image of ``data`` (MVTec AD 2's test_private and
     test_private_mixed) and write its map and mask in the server's form under ``root``."""
     import visualize
-    from datasets.transforms import load_rgb
 
     from .evaluate import predict_batches
     from .geometry import batch_for
@@ -41,8 +40,8 @@ def write_unlabelled(model, data, root, batch_size):
                        "(the server also wants %s)", data.name, MASKS)
 
     def load(path):
-        rgb = load_rgb(path)
-        return pre.image(rgb), path, rgb.shape[:2]
+        x, hw = pre.load(path)
+        return x, path, hw
     n = 0
     for split, paths in sorted(data.unlabelled.items()):
         for batch, maps, _ in predict_batches(model, paths, load,

@@ -7,15 +7,19 @@
     GET  /metrics    Prometheus text format
     GET  /           a page to try an image in a browser
 
-Status codes: 400 no image / not an image, 404 unknown category, 413 too large, 503 not ready,
-model not loaded or queue full (with Retry-After), 500 an engine failure. Every error answer is
-JSON {"error": "...", ...}.
+Status codes: 400 no image / not an image, 401 no valid API key (``--api_key_file``; /health
+and / stay open), 404 unknown category, 408 body not received within ``--read_timeout``, 413
+too many bytes or too many pixels (read from the image's header, before decoding), 503 not
+ready, model not loaded, or too many requests or too much image memory in (with Retry-After),
+500 an engine failure. Every error answer is JSON {"error": "...", ...}.
 """
+import asyncio
 import logging
 import os
 import time
 from contextlib import asynccontextmanager, contextmanager
 
+from datasets.transforms import TooManyPixels, check_pixels, open_header
 from utils import UserError
 
 from .images import b64, mask_png, overlay_png
@@ -30,11 +34,15 @@ class _TooLarge(Exception):
     pass
 
 
-def create_app(model_dir, engine="auto", threads=None, limits=None, load=None):
+def create_app(model_dir, engine="auto", threads=None, limits=None, load=None, api_keys=None,
+               show_paths=False, weights=None):
     """The FastAPI application serving every model of ``model_dir``.
 
     Args:
         load: ``path -> Detector`` (default ``Detector.load`` on ``engine`` / ``threads``).
+        api_keys: a ``runtime.access.ApiKeys`` (None: no access control).
+        show_paths: /models shows the models' file paths (default: names and SHA-256 only).
+        weights: backbone weights of model files (``--weights``).
     """
     from fastapi import FastAPI, Request
     from fastapi.responses import HTMLResponse, JSONResponse, Response
@@ -42,9 +50,18 @@ def create_app(model_dir, engine="auto", threads=None, limits=None, load=None):
     from .detector import Detector
     limits = limits or Limits()
     metrics = Metrics()
-    load = load or (lambda path: Detector.load(path, engine=engine, threads=threads,
-                                               batch_size=limits.max_batch))
-    registry = Registry(model_dir, load, metrics)
+
+    def default_load(path):
+        d = Detector.load(path, engine=engine, threads=threads, batch_size=limits.max_batch,
+                          **({"weights": weights} if weights else {}))
+        return d
+    base_load = load or default_load
+
+    def load_limited(path):
+        d = base_load(path)
+        d.max_pixels = limits.max_pixels
+        return d
+    registry = Registry(model_dir, load_limited, metrics, show_paths)
     batcher = Batcher(limits, metrics)
 
     @asynccontextmanager
@@ -64,15 +81,31 @@ def create_app(model_dir, engine="auto", threads=None, limits=None, load=None):
         metrics.requests.labels(category, str(status)).inc()
         metrics.errors.labels(str(status)).inc()
         headers = {"Retry-After": str(limits.retry_after_s)} if status == 503 else None
+        if status == 401:
+            headers = {"WWW-Authenticate": "Bearer"}
         return JSONResponse({"error": message, **extra}, status_code=status, headers=headers)
 
-    async def read_image(request):
-        """The image bytes of a raw or multipart request (None if it has none)."""
+    def refused(request):
+        """The 401 answer if access control is on and the request carries no valid key."""
+        if api_keys is None or api_keys.allows(request.headers.get("authorization")):
+            return None
+        return error(401, "this service needs an API key: send 'Authorization: Bearer <key>' "
+                          "with a key of its --api_key_file")
+
+    async def read_image(request, held):
+        """The image bytes of a raw or multipart request (None if it has none), received
+        within ``read_timeout_s`` (else ``asyncio.TimeoutError``), each chunk added to the
+        request's memory reservation ``held`` (QueueFull when the budget has no room)."""
         size = request.headers.get("content-length")
         if size and size.isdigit() and int(size) > limits.max_body_bytes:
             raise _TooLarge()
+        return await asyncio.wait_for(_receive(request, held), limits.read_timeout_s)
+
+    async def _receive(request, held):
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if kind == "multipart/form-data":
+            size = request.headers.get("content-length")
+            held.add(int(size) if size and size.isdigit() else limits.max_body_bytes)
             form = await request.form(max_files=1, max_fields=8,
                                       max_part_size=limits.max_body_bytes)
             part = form.get("image")
@@ -85,6 +118,7 @@ def create_app(model_dir, engine="auto", threads=None, limits=None, load=None):
                 n += len(chunk)
                 if n > limits.max_body_bytes:
                     raise _TooLarge()
+                held.add(len(chunk))
                 chunks.append(chunk)
             data = b"".join(chunks)
         if len(data) > limits.max_body_bytes:
@@ -95,6 +129,9 @@ def create_app(model_dir, engine="auto", threads=None, limits=None, load=None):
     async def predict(request: Request, category: str = "", mask: bool = False,
                       overlay: bool = False):
         start = time.perf_counter()
+        denied = refused(request)
+        if denied:
+            return denied
         if not registry.ready:
             return error(503, "the models are still loading: retry shortly")
         if not category and len(registry.detectors) == 1:
@@ -107,20 +144,47 @@ def create_app(model_dir, engine="auto", threads=None, limits=None, load=None):
                              + ", ".join(sorted(registry.detectors)), category,
                              categories=sorted(registry.detectors))
             return error(503, f"model '{category}' is not loaded ({exc})", category)
+        held = batcher.reservation()
         try:
-            data = await read_image(request)
+            return await _predict(request, detector, category, mask, overlay, start, held)
+        finally:
+            held.close()
+
+    async def _predict(request, detector, category, mask, overlay, start, held):
+        try:
+            data = await read_image(request, held)
+        except QueueFull:
+            return error(503, "the service is busy (its image memory budget is in use): retry "
+                              "after a moment", category)
         except _TooLarge:
             return error(413, f"the image is larger than {limits.max_body_bytes} bytes: send a "
                               "smaller file", category)
+        except asyncio.TimeoutError:
+            return error(408, f"the image was not received within {limits.read_timeout_s:g} s "
+                              "(--read_timeout): send it in one go", category)
         if data is None:
             return error(400, "the request holds no image: send the image as the body "
                               "(Content-Type: image/png, image/jpeg, ...) or as a multipart "
                               "field named 'image'", category)
         try:
-            p = await batcher.predict(detector, data, keep_input=overlay)
-        except QueueFull:
-            return error(503, f"the service is busy ({limits.max_queue} requests in): retry "
-                              "after a moment", category)
+            header = open_header(data, "the uploaded image")
+            pixels = check_pixels(header.width, header.height, "the uploaded image",
+                                  limits.max_pixels)
+        except TooManyPixels as exc:
+            return error(413, str(exc), category)
+        except UserError as exc:
+            return error(400, str(exc), category)
+        del header
+        try:
+            p = await batcher.predict(detector, data, keep_input=overlay, pixels=pixels,
+                                      reservation=held)
+        except QueueFull as exc:
+            what = f"{limits.max_queue} requests" if str(exc) == "requests" else \
+                "its image memory budget"
+            return error(503, f"the service is busy ({what} in): retry after a moment",
+                         category)
+        except TooManyPixels as exc:
+            return error(413, str(exc), category)
         except UserError as exc:
             return error(400, str(exc), category)
         except Exception as exc:  # noqa: BLE001 - an engine failure: one answer, service up
@@ -150,11 +214,14 @@ def create_app(model_dir, engine="auto", threads=None, limits=None, load=None):
         return JSONResponse({"status": status, "failed": registry.failures}, status_code=503)
 
     @app.get("/models")
-    async def models():
-        return registry.info()
+    async def models(request: Request):
+        return refused(request) or registry.info()
 
     @app.get("/metrics")
-    async def metrics_text():
+    async def metrics_text(request: Request):
+        denied = refused(request)
+        if denied:
+            return denied
         data, kind = metrics.render()
         return Response(data, media_type=kind)
 
@@ -188,4 +255,10 @@ def app_from_environment():
     cfg = json.loads(os.environ["ORTHOAD_SERVE"])
     from utils import setup_logging
     setup_logging()
-    return create_app(cfg["model_dir"], cfg["engine"], cfg["threads"], Limits(**cfg["limits"]))
+    keys = None
+    if cfg.get("api_key_file"):
+        from .access import ApiKeys
+        keys = ApiKeys(cfg["api_key_file"])
+    return create_app(cfg["model_dir"], cfg["engine"], cfg["threads"], Limits(**cfg["limits"]),
+                      api_keys=keys, show_paths=cfg.get("show_paths", False),
+                      weights=cfg.get("weights"))

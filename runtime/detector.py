@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from datasets.ignore import apply_ignore, combine, load_ignore_mask
-from datasets.transforms import Preprocess, decode_rgb, to_rgb
+from datasets.transforms import PREDICT_MAX_PIXELS, Preprocess, check_pixels, to_rgb
 from schema import ModelFileError, check_deploy, decode_mask
 from utils import UserError, sha256_file
 
@@ -146,8 +146,10 @@ class Detector:
         self._run, self.preprocess, self.meta, self.engine = run, preprocess, meta, engine
         self.thresholds, self.ignore, self.display = thresholds, ignore, display
         self.source, self.batch_size = source, batch_size
+        self.max_pixels = PREDICT_MAX_PIXELS        # images above it refused (header only)
         self.loaded_at = time.time()
         self._lock = threading.Lock()
+        self._timing_lock = threading.Lock()
         self.timings = {"prepare_s": 0.0, "score_s": 0.0, "finish_s": 0.0, "images": 0}
         thr = meta.get("threshold") or {}
         self.threshold_source = thr.get("source") if thresholds[0] is not None else None
@@ -239,24 +241,33 @@ class Detector:
 
     # ------------------------------------------------------------------ the three stages
 
+    def _timed(self, key, seconds, images=0):
+        with self._timing_lock:
+            self.timings[key] += seconds
+            self.timings["images"] += images
+
     def prepare(self, image, keep_input=False):
-        """An image (path, PIL image, array) -> ``Prepared``."""
+        """An image (path, PIL image, array) -> ``Prepared``; an image file above
+        ``max_pixels`` is refused from its header (``TooManyPixels``), before decoding."""
         t = time.perf_counter()
-        rgb = to_rgb(image)
-        x = self.preprocess.image(rgb)
-        p = Prepared(x, rgb.shape[:2], os.fspath(image) if isinstance(image, (str, os.PathLike))
+        if isinstance(image, (str, os.PathLike)):
+            x, hw = self.preprocess.load(image, max_pixels=self.max_pixels)
+        else:
+            rgb = to_rgb(image)
+            check_pixels(rgb.shape[1], rgb.shape[0], "the image", self.max_pixels)
+            x, hw = self.preprocess.image(rgb), rgb.shape[:2]
+        p = Prepared(x, hw, os.fspath(image) if isinstance(image, (str, os.PathLike))
                      else None, self.preprocess.unnormalise(x) if keep_input else None)
-        self.timings["prepare_s"] += time.perf_counter() - t
+        self._timed("prepare_s", time.perf_counter() - t)
         return p
 
     def prepare_bytes(self, data, keep_input=False):
-        """Encoded image bytes (an upload) -> ``Prepared``; UserError if they are no image."""
+        """Encoded image bytes (an upload) -> ``Prepared``; UserError if they are no image or
+        above ``max_pixels`` (read from the header, before decoding)."""
         t = time.perf_counter()
-        rgb = decode_rgb(data, "the uploaded image")
-        x = self.preprocess.image(rgb)
-        p = Prepared(x, rgb.shape[:2], None,
-                     self.preprocess.unnormalise(x) if keep_input else None)
-        self.timings["prepare_s"] += time.perf_counter() - t
+        x, hw = self.preprocess.load(data, "the uploaded image", self.max_pixels)
+        p = Prepared(x, hw, None, self.preprocess.unnormalise(x) if keep_input else None)
+        self._timed("prepare_s", time.perf_counter() - t)
         return p
 
     def score(self, prepared, ignore=None):
@@ -267,8 +278,7 @@ class Detector:
         t = time.perf_counter()
         with self._lock:                              # engines are not all thread-safe
             maps, _ = self._run(x)
-        self.timings["score_s"] += time.perf_counter() - t
-        self.timings["images"] += len(prepared)
+        self._timed("score_s", time.perf_counter() - t, len(prepared))
         return apply_ignore(maps, ignore)
 
     def finish(self, prepared, amap, score, ignore=None):
@@ -278,7 +288,7 @@ class Detector:
         out = make_prediction(self.preprocess, amap, score, prepared.original_hw,
                               self.thresholds, ignore, prepared.path, self.threshold_source,
                               prepared.input_image)
-        self.timings["finish_s"] += time.perf_counter() - t
+        self._timed("finish_s", time.perf_counter() - t)
         return out
 
     # ------------------------------------------------------------------ predict

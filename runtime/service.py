@@ -8,9 +8,14 @@ with their hot reload, the micro-batcher in front of them, the limits, and the m
   swapped in one assignment; requests already holding the old detector finish with it.
 * ``Batcher``: requests are decoded and pre-processed in a thread pool, queued, and scored in
   batches of up to ``max_batch`` by one scoring thread: a batch is whatever queued while the
-  previous one ran, plus up to ``max_wait_ms`` for requests still being decoded. At most
-  ``max_queue`` requests are admitted at once; beyond that the answer is 503 with Retry-After,
-  so memory stays bounded.
+  previous one ran, plus up to ``max_wait_ms`` for requests still being decoded. Admission
+  counts requests (``max_queue``) AND memory (``memory_budget_bytes``): every request holds a
+  ``Reservation`` of the bytes of its body as they arrive, then ``BYTES_PER_PIXEL`` for each
+  pixel of its image (the decoded copy, the original-size map, mask and regions' labels);
+  beyond either limit the answer is 503 with Retry-After. An image above ``max_pixels`` is
+  refused (413) from its header, before anything is decoded. So the uploads' and images'
+  memory stays within the budget whatever the clients send (the models and the threads' own
+  memory come on top).
 * ``Metrics``: Prometheus counters, histograms and gauges (prometheus_client).
 """
 import asyncio
@@ -21,9 +26,19 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from datasets.transforms import CAMERA_FRAME
 from utils import UserError
 
 logger = logging.getLogger(__name__)
+
+
+BYTES_PER_PIXEL = 24              # peak bytes a request holds per pixel of its image (measured)
+
+
+def default_max_pixels(memory_budget_bytes, max_queue):
+    """The largest image such that ``max_queue`` of them fit the memory budget, but never
+    less than a 4096 x 3072 camera frame."""
+    return max(CAMERA_FRAME, int(memory_budget_bytes // (max_queue * BYTES_PER_PIXEL)))
 
 
 @dataclass
@@ -33,6 +48,9 @@ class Limits:
     max_wait_ms: float = 3.0       # wait for requests being decoded, when some are
     max_queue: int = 64            # requests admitted at once (decoding, queued or scoring)
     max_body_bytes: int = 32 << 20  # an image upload
+    memory_budget_bytes: int = 1 << 30   # decoded images in flight (BYTES_PER_PIXEL each px)
+    max_pixels: int = CAMERA_FRAME  # larger images: 413 from the header
+    read_timeout_s: float = 10.0   # a body not received within it: 408
     decode_threads: int = 2
     reload_interval_s: float = 2.0  # how often model files are checked for changes
     retry_after_s: int = 1
@@ -79,8 +97,9 @@ def _signature(path):
 class Registry:
     """The detectors of ``model_dir`` (see the module docstring)."""
 
-    def __init__(self, model_dir, load, metrics=None):
+    def __init__(self, model_dir, load, metrics=None, show_paths=False):
         self.model_dir, self._load, self.metrics = model_dir, load, metrics
+        self.show_paths = show_paths
         self.sources = discover(model_dir)
         self.detectors, self.failures, self._signatures = {}, {}, {}
         self.ready = False
@@ -151,13 +170,58 @@ class Registry:
         self._stop.set()
 
     def info(self):
-        return {"models": {c: d.info() for c, d in sorted(self.detectors.items())},
-                "failed": dict(sorted(self.failures.items())), "ready": self.ready,
-                "model_dir": os.path.abspath(self.model_dir)}
+        """What /models shows: per model its category, engine, geometry, thresholds, file
+        names and SHA-256 (absolute paths only with ``show_paths``)."""
+        out = {"models": {c: self._private(d.info()) for c, d in sorted(self.detectors.items())},
+               "failed": {c: self._hide(m) for c, m in sorted(self.failures.items())},
+               "ready": self.ready}
+        if self.show_paths:
+            out["model_dir"] = os.path.abspath(self.model_dir)
+        return out
+
+    def _hide(self, text):
+        if self.show_paths:
+            return text
+        for folder in {os.path.abspath(self.model_dir), os.path.normpath(self.model_dir)}:
+            text = text.replace(folder + os.sep, "").replace(folder, ".")
+        return text
+
+    def _private(self, info):
+        if self.show_paths:
+            return info
+        src = info.get("source") or {}
+        names = {k: os.path.basename(v) for k, v in src.items()
+                 if k in ("path", "graph", "deploy") and isinstance(v, str)}
+        return dict(info, source=dict({k: v for k, v in src.items()
+                                       if k not in ("path", "graph", "deploy")}, **names))
+
+
+class Reservation:
+    """Bytes one request holds of the batcher's memory budget (its body as it arrives, then
+    its image); all released by ``close``."""
+
+    def __init__(self, batcher):
+        self.batcher, self.bytes = batcher, 0
+
+    def add(self, n):
+        """Hold ``n`` more bytes; QueueFull('memory') if the budget has no room (a request
+        that holds nothing yet is always let in, so that one image at the size limit passes)."""
+        b = self.batcher
+        if n > 0 and b.reserved + n > b.limits.memory_budget_bytes and b.reserved > self.bytes:
+            raise QueueFull("memory")
+        b.reserved += n
+        self.bytes += n
+        b._gauge()
+
+    def close(self):
+        self.batcher.reserved -= self.bytes
+        self.bytes = 0
+        self.batcher._gauge()
 
 
 class QueueFull(Exception):
-    """More requests than ``Limits.max_queue`` are admitted: answer 503 with Retry-After."""
+    """More requests than ``Limits.max_queue`` are admitted, or their images' memory would
+    pass ``Limits.memory_budget_bytes``: answer 503 with Retry-After."""
 
 
 @dataclass
@@ -174,6 +238,7 @@ class Batcher:
     def __init__(self, limits, metrics=None):
         self.limits, self.metrics = limits, metrics
         self.admitted = 0
+        self.reserved = 0              # bytes held by requests (``Reservation``)
         self.decoding = 0
         self._queue = None
         self._pending = []
@@ -197,11 +262,19 @@ class Batcher:
     def _gauge(self):
         if self.metrics:
             self.metrics.queue_depth.set(self.admitted)
+            self.metrics.reserved.set(self.reserved)
 
-    async def predict(self, detector, data, ignore=None, keep_input=False):
-        """One request's image bytes -> ``Prediction``; QueueFull when too many are in."""
+    def reservation(self):
+        return Reservation(self)
+
+    async def predict(self, detector, data, ignore=None, keep_input=False, pixels=0,
+                      reservation=None):
+        """One request's image bytes (``pixels`` in its header) -> ``Prediction``; QueueFull
+        when too many requests, or too much memory, are in (``BYTES_PER_PIXEL`` a pixel are
+        added to the request's ``reservation``, released by its caller)."""
         if self.admitted >= self.limits.max_queue:
-            raise QueueFull()
+            raise QueueFull("requests")
+        (reservation or self.reservation()).add(int(pixels) * BYTES_PER_PIXEL)
         self.admitted += 1
         self._gauge()
         loop = asyncio.get_running_loop()
@@ -280,6 +353,9 @@ class Metrics:
                                  "answered (decoding, queued or scoring)", registry=self.registry)
         self.loads = Counter("orthoad_model_loads", "Models loaded (at start and on reload)",
                              ["category"], registry=self.registry)
+        self.reserved = Gauge("orthoad_reserved_bytes", "Memory reserved for the images of the "
+                              "admitted requests (pixels x BYTES_PER_PIXEL)",
+                              registry=self.registry)
 
     def render(self):
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest

@@ -91,3 +91,22 @@ def official_au_pro(masks, maps, limit=0.3):
         at = p[i - 1] + (p[i] - p[i - 1]) * (limit - f[i - 1]) / (f[i] - f[i - 1])
         area += 0.5 * (at + p[i - 1]) * (limit - f[i - 1])
     return float(area / limit)
+
+
+# A skip CI hides is a failure: with ORTHOAD_NO_SKIPS=1 (set by .ci/run) a skipped test (the
+# browser test without Chromium, the full-disk tests without mount) fails the run, naming why.
+_SKIPPED = []
+
+
+def pytest_runtest_logreport(report):
+    if report.skipped:
+        _SKIPPED.append((report.nodeid, str(report.longrepr[-1]) if isinstance(
+            report.longrepr, tuple) else str(report.longrepr)))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if os.environ.get("ORTHOAD_NO_SKIPS") == "1" and _SKIPPED:
+        lines = "\n".join(f"  {node}: {why}" for node, why in _SKIPPED)
+        sys.stderr.write(f"\nORTHOAD_NO_SKIPS=1: {len(_SKIPPED)} test(s) skipped, which this run "
+                         f"must not do:\n{lines}\n")
+        session.exitstatus = 1

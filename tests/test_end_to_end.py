@@ -215,7 +215,7 @@ def test_degenerate_data_gives_defined_results(tmp_path):
     for i in range(4):
         Image.new("RGB", (64, 64), (120, 120, 120)).save(root / "train" / "good" / f"{i}.png")
     for i in range(2):
-        Image.new("RGB", (64, 64), (120, 120, 120 + i)).save(root / "test" / "good" / f"{i}.png")
+        Image.new("RGB", (64, 64), (120, 120, 121 + i)).save(root / "test" / "good" / f"{i}.png")
     args = train.get_args(["--data_path", str(tmp_path / "data"), "--k", "6", "--no-pretrained",
                            "--resize", "64", "--crop_size", "64", "--save_path",
                            str(tmp_path / "o"), "--eval", "--eval_PRO"])

@@ -21,6 +21,7 @@ from PIL import Image
 
 import export_model
 import predict
+from bench.serve import png_bomb
 from conftest import ROOT, run_script
 from runtime.detector import Detector
 from utils import model_path
@@ -102,13 +103,13 @@ def _free_port():
 
 
 class Server:
-    def __init__(self, model_dir, *extra, python=sys.executable, env=None):
+    def __init__(self, model_dir, *extra, python=sys.executable, env=None, script=None):
         self.port = _free_port()
         self.log = open(os.path.join(str(model_dir), f"..{os.sep}serve-{self.port}.log"), "w+")
         self.proc = subprocess.Popen(
-            [python, os.path.join(ROOT, "serve.py"), "--model_dir", str(model_dir), "--port",
-             str(self.port), "--reload_interval", "0.3", *extra], cwd=ROOT, stdout=self.log,
-            stderr=subprocess.STDOUT, env=dict(os.environ, **(env or {})))
+            [python, script or os.path.join(ROOT, "serve.py"), "--model_dir", str(model_dir),
+             "--port", str(self.port), "--reload_interval", "0.3", *extra], cwd=ROOT,
+            stdout=self.log, stderr=subprocess.STDOUT, env=dict(os.environ, **(env or {})))
         deadline = time.time() + 120
         while time.time() < deadline:
             if self.proc.poll() is not None:
@@ -127,6 +128,12 @@ class Server:
         self.log.seek(0)
         return self.log.read()[-3000:]
 
+    def peak_rss(self):
+        """The server process's peak resident memory (VmHWM), in bytes."""
+        with open(f"/proc/{self.proc.pid}/status") as fh:
+            line = next(x for x in fh if x.startswith("VmHWM:"))
+        return int(line.split()[1]) * 1024
+
     def request(self, method, path, body=None, headers=None):
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
         try:
@@ -138,8 +145,8 @@ class Server:
         finally:
             conn.close()
 
-    def get(self, path):
-        s, b, _ = self.request("GET", path)
+    def get(self, path, headers=None):
+        s, b, _ = self.request("GET", path, headers=headers)
         return s, b
 
     def post_image(self, path, file, **params):
@@ -220,12 +227,23 @@ def test_service_errors_are_clear_and_it_stays_up(server, models):
     assert "orthoad_batch_size_bucket" in metrics and "orthoad_queue_depth" in metrics
 
 
-def test_service_batches_concurrent_requests(server, models):
+def test_sixteen_concurrent_clients_each_get_their_own_answer(server, models):
+    """16 clients, every one sending other images: each answer equals Detector.predict on
+    THAT request's image (a batcher that swapped answers within a batch would fail), and the
+    requests were batched (mean engine batch above 1.5)."""
+    det = Detector.load(str(models["run"] / "gravel.safetensors"))
     files = models["images"] * 4
+    want = {f: det.predict(f).score for f in models["images"]}
+    assert len(set(np.round(list(want.values()), 4))) == len(want)      # distinguishable
+
+    def ask(f):
+        s, b, _ = server.post_image("/predict", f, category="gravel")
+        return f, s, b
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
-        statuses = list(pool.map(lambda f: server.post_image("/predict", f,
-                                                             category="gravel")[0], files))
-    assert statuses == [200] * len(files)
+        answers = list(pool.map(ask, files))
+    for f, status, body in answers:
+        assert status == 200, body
+        assert body["score"] == pytest.approx(want[f], rel=1e-4), f
     metrics = server.get("/metrics")[1]
     count = float(next(line.split()[-1] for line in metrics.splitlines()
                        if line.startswith("orthoad_batch_size_count")))
@@ -266,48 +284,235 @@ def test_a_broken_model_is_reported_and_the_others_serve(models, tmp_path):
 
 
 def test_a_replaced_model_is_picked_up_without_a_failed_request(models, tmp_path):
+    """While a client hammers /predict, brick's model file is replaced (a rename, as train.py
+    saves): no request fails, and afterwards the answers are the NEW model's (Detector on the
+    new file), not only its SHA in /models."""
     run = tmp_path / "run"
     shutil.copytree(models["run"], run)
     srv = Server(run)
     stop = threading.Event()
     statuses = []
+    image = models["images"][1]
 
     def hammer():
         while not stop.is_set():
-            statuses.append(srv.post_image("/predict", models["images"][1], category="brick")[0])
+            statuses.append(srv.post_image("/predict", image, category="brick")[0])
     try:
-        before = srv.get("/models")[1]["models"]["brick"]["source"]["sha256"]
+        old = srv.post_image("/predict", image, category="brick")[1]["score"]
         thread = threading.Thread(target=hammer)
         thread.start()
         time.sleep(0.5)
         tmp = run / ".new"
         shutil.copy(run / "gravel.safetensors", tmp)
-        os.replace(tmp, run / "brick.safetensors")               # as train.py saves: a rename
+        os.replace(tmp, run / "brick.safetensors")
+        new = Detector.load(str(run / "brick.safetensors")).predict(image).score
+        assert abs(new - old) > 1e-3 * abs(old)                 # the two models differ here
         deadline = time.time() + 30
-        while time.time() < deadline and srv.get("/models")[1]["models"]["brick"]["source"][
-                "sha256"] == before:
+        while time.time() < deadline and abs(srv.post_image(
+                "/predict", image, category="brick")[1]["score"] - new) > 1e-4 * abs(new):
             time.sleep(0.2)
-        time.sleep(0.5)
         stop.set()
         thread.join()
-        after = srv.get("/models")[1]["models"]["brick"]["source"]["sha256"]
-        assert after != before and len(statuses) > 5 and set(statuses) == {200}
+        assert srv.post_image("/predict", image, category="brick")[1]["score"] == \
+            pytest.approx(new, rel=1e-4)
+        assert len(statuses) > 5 and set(statuses) == {200}
     finally:
         stop.set()
         srv.stop()
 
 
+@pytest.mark.parametrize("breakage", ["truncated", "crafted header"])
+def test_a_broken_replacement_keeps_the_old_model_serving(models, tmp_path, breakage):
+    """A replacement that fails its checks is reported in /health and /models, and the model
+    loaded before it keeps answering (with its own scores)."""
+    run = tmp_path / "run"
+    shutil.copytree(models["run"], run)
+    srv = Server(run)
+    image = models["images"][2]
+    try:
+        before = srv.post_image("/predict", image, category="brick")[1]["score"]
+        data = (run / "brick.safetensors").read_bytes()
+        if breakage == "truncated":
+            bad = data[:len(data) // 2]
+        else:                                       # a header whose k contradicts its arrays
+            n = int.from_bytes(data[:8], "little")
+            header = data[8:8 + n].replace(b'\\"k\\": 20', b'\\"k\\": 21')
+            assert header != data[8:8 + n]
+            bad = len(header).to_bytes(8, "little") + header + data[8 + n:]
+        (run / ".bad").write_bytes(bad)
+        os.replace(run / ".bad", run / "brick.safetensors")
+        deadline = time.time() + 30
+        while time.time() < deadline and "brick" not in srv.get("/models")[1]["failed"]:
+            time.sleep(0.2)
+        assert "brick" in srv.get("/models")[1]["failed"]
+        health = srv.get("/health")
+        assert health[0] == 200 and health[1]["failed"] == 1
+        s, b, _ = srv.post_image("/predict", image, category="brick")
+        assert s == 200 and b["score"] == pytest.approx(before, rel=1e-6)
+    finally:
+        srv.stop()
+
+
 def test_sigterm_drains_the_requests_in_flight(models):
-    srv = Server(models["exports"])
+    """serve.py's own process on the run folder (model files: Paddle is loaded, and with it its
+    SIGTERM handler) with a slow engine stand-in (1 s a batch, tests/slow_app.py): requests are
+    in flight (the queue gauge says so) when SIGTERM comes; they all complete with 200, a new
+    connection is refused, and the process exits 0."""
+    srv = Server(models["run"], script=os.path.join(ROOT, "tests", "slow_app.py"),
+                 env={"SLOW_APP_SECONDS": "1.5"})
     f = models["images"][0]
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         futures = [pool.submit(srv.post_image, "/predict", f, category="brick")
-                   for _ in range(8)]
-        time.sleep(0.05)
+                   for _ in range(6)]
+        deadline = time.time() + 20
+        depth = 0.0
+        while time.time() < deadline and depth < 1:
+            depth = float(next(line.split()[-1] for line in srv.get("/metrics")[1].splitlines()
+                               if line.startswith("orthoad_queue_depth")))
+            time.sleep(0.05)
+        assert depth >= 1                                   # requests are in flight
         srv.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        with pytest.raises(OSError):                        # no new connection is accepted
+            socket.create_connection(("127.0.0.1", srv.port), timeout=2).close()
         statuses = [fu.result()[0] for fu in futures]
     assert srv.proc.wait(60) == 0
-    assert statuses == [200] * 8
+    assert statuses == [200] * 6
+    assert "RANDOM weights" in srv.text()            # the model files loaded Paddle
+
+
+def test_pixel_bombs_are_refused_from_their_header_and_memory_stays_bounded(models):
+    """Six concurrent 13000 x 13000 PNGs (169 megapixels, under PIL's own limit): each 413
+    within 5 s, naming the limit, and the server's peak RSS grows by at most 512 MiB; a
+    4096 x 3072 camera frame is still scored."""
+    srv = Server(models["exports"], "--max_body_mb", "8")
+    try:
+        bomb = png_bomb(13000, 13000)
+        assert len(bomb) < 1 << 20
+        srv.post_image("/predict", models["images"][0], category="brick")      # warm
+        before = srv.peak_rss()
+
+        def send(_):
+            t = time.perf_counter()
+            s, b, _ = srv.request("POST", "/predict?category=brick", bomb,
+                                  {"Content-Type": "image/png"})
+            return s, b, time.perf_counter() - t
+        with concurrent.futures.ThreadPoolExecutor(6) as pool:
+            answers = list(pool.map(send, range(6)))
+        for s, b, seconds in answers:
+            assert s == 413 and "13000x13000 = 169.0 megapixels" in b["error"] and \
+                "--max_pixels" in b["error"], b
+            assert seconds < 5
+        assert srv.peak_rss() - before <= 512 << 20
+        frame = io.BytesIO()
+        Image.fromarray(np.full((3072, 4096, 3), 128, np.uint8)).save(frame, format="PNG")
+        s, b, _ = srv.request("POST", "/predict?category=brick", frame.getvalue(),
+                              {"Content-Type": "image/png"})
+        assert s == 200 and (b["width"], b["height"]) == (4096, 3072)
+    finally:
+        srv.stop()
+
+
+def test_admission_counts_the_memory_of_decoded_images(models):
+    """With a budget for about one 2000 x 2000 image (24 bytes a pixel: 92 MiB), concurrent
+    ones beyond it get 503 with Retry-After naming the memory, and small ones still pass."""
+    srv = Server(models["exports"], "--memory_budget_mb", "100", "--max_wait_ms", "20")
+    try:
+        big = io.BytesIO()
+        Image.fromarray(np.random.default_rng(0).integers(0, 255, (2000, 2000, 3), np.uint8)
+                        ).save(big, format="PNG", compress_level=1)
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda _: srv.request(
+                "POST", "/predict?category=brick", big.getvalue(),
+                {"Content-Type": "image/png"}), range(8)))
+        statuses = sorted(a[0] for a in answers)
+        assert 200 in statuses and 503 in statuses, statuses
+        busy = next(a for a in answers if a[0] == 503)
+        assert "image memory budget" in busy[1]["error"] and busy[2].getheader("Retry-After")
+        assert srv.post_image("/predict", models["images"][0], category="brick")[0] == 200
+    finally:
+        srv.stop()
+
+
+def test_api_keys_guard_predict_models_and_metrics(models, tmp_path):
+    """With --api_key_file: 401 without the key or with a wrong one, 200 with it; /health open
+    either way; a key added to the file works without a restart, a removed one stops; /models
+    shows file names, never absolute paths; the keys are never logged."""
+    keys = tmp_path / "keys.txt"
+    first, second = "k" * 20 + "first", "k" * 20 + "second"
+    keys.write_text(f"# service keys\n{first}\n")
+    srv = Server(models["run"], "--api_key_file", str(keys))
+    try:
+        f = models["images"][0]
+        assert srv.get("/health")[0] == 200
+        s, b, r = srv.post_image("/predict", f, category="brick")
+        assert s == 401 and "Authorization: Bearer" in b["error"]
+        assert r.getheader("WWW-Authenticate") == "Bearer"
+        for path in ("/models", "/metrics"):
+            assert srv.get(path)[0] == 401
+            assert srv.get(path, {"Authorization": "Bearer wrong-key-of-some-length"})[0] == 401
+            assert srv.get(path, {"Authorization": f"Bearer {first}"})[0] == 200
+        with open(f, "rb") as fh:
+            data = fh.read()
+        ok = {"Content-Type": "image/png", "Authorization": f"Bearer {first}"}
+        assert srv.request("POST", "/predict?category=brick", data, ok)[0] == 200
+        info = srv.get("/models", {"Authorization": f"Bearer {first}"})[1]
+        text = json.dumps(info)
+        assert str(models["run"]) not in text and "model_dir" not in info
+        assert info["models"]["brick"]["source"]["path"] == "brick.safetensors"
+        keys.write_text(f"{second}\n")                     # rotate: first out, second in
+        time.sleep(1.5)
+        assert srv.request("POST", "/predict?category=brick", data, ok)[0] == 401
+        ok["Authorization"] = f"Bearer {second}"
+        assert srv.request("POST", "/predict?category=brick", data, ok)[0] == 200
+        assert first not in srv.text() and second not in srv.text()
+    finally:
+        srv.stop()
+
+
+def test_slow_senders_hold_no_slot_and_a_normal_request_is_answered(models):
+    """16 clients that announce a body and trickle it (or stall): a normal request meanwhile is
+    answered within 2 s, and each slow one gets 408 after --read_timeout."""
+    srv = Server(models["exports"], "--read_timeout", "3", "--max_queue", "4")
+    socks = []
+    try:
+        for _ in range(16):
+            s = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+            s.sendall(b"POST /predict?category=brick HTTP/1.1\r\nHost: x\r\n"
+                      b"Content-Type: image/png\r\nContent-Length: 100000\r\n\r\n\x89PNG")
+            socks.append(s)
+        time.sleep(0.5)
+        t = time.perf_counter()
+        s, b, _ = srv.post_image("/predict", models["images"][0], category="brick")
+        assert s == 200 and time.perf_counter() - t < 2
+        answers = []
+        for sock in socks:
+            sock.settimeout(10)
+            try:
+                answers.append(sock.recv(200).split(b" ")[1])
+            except OSError:
+                answers.append(b"closed")
+        assert answers.count(b"408") >= 14, answers
+    finally:
+        for sock in socks:
+            sock.close()
+        srv.stop()
+
+
+def test_detector_and_predict_refuse_huge_files_from_their_header(models, tmp_path):
+    """The same pixel budget in the Python API and in predict.py: a huge file is refused from
+    its header (one line), before it is decoded."""
+    from datasets.transforms import TooManyPixels
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "huge.png").write_bytes(png_bomb(9000, 9000))
+    det = Detector.load(str(models["exports"] / "brick"))
+    det.max_pixels = 4096 * 3072
+    with pytest.raises(TooManyPixels, match="9000x9000 = 81.0 megapixels"):
+        det.predict(str(tmp_path / "in" / "huge.png"))
+    r = run_script("predict.py", str(tmp_path / "in"), "--model_path",
+                   str(models["run"] / "brick.safetensors"), "--max_pixels", "12582912",
+                   "--output", str(tmp_path / "out"))
+    assert r.returncode == 2 and "81.0 megapixels, above the limit of 12.6" in r.stderr
 
 
 def test_serve_refuses_a_folder_without_models(tmp_path):
