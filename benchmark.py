@@ -99,8 +99,8 @@ def _backbone_pass(files, size, batch):
     """Seconds of a dygraph backbone-only pass over ``files`` with the pipeline's loader."""
     import paddle
 
-    from datasets.loading import prefetch_batches
-    from datasets.transforms import Preprocess
+    from orthoad_runtime.prefetch import prefetch_batches
+    from orthoad_runtime.transforms import Preprocess
     from pipeline.backbones import get_backbone
     bb = get_backbone(_TASK["arch"], False, None, 0)
     pre = Preprocess(size, size)
@@ -252,7 +252,7 @@ def bench_latency(arch, k, work, args):
     """Per-image latency of the whole scoring graph on every engine (ms), median of runs."""
     import paddle
 
-    from runtime import engines as eng
+    from orthoad_runtime import engines as eng
     from pipeline import model as models_io
     from pipeline.export import export
     path = model_path(os.path.join(work, f"models_{arch}_{k}_dygraph"), "ortho", arch, k,

@@ -7,7 +7,7 @@ import sys
 
 from models.archs import CHANNELS as ARCHS, feature_dim
 from models.projection import PROJECTIONS
-from datasets.transforms import PREDICT_MAX_PIXELS
+from orthoad_runtime.prediction_args import check_precision
 from utils import UserError, positive_int
 
 
@@ -59,11 +59,12 @@ def add_model_args(parser, fitting):
         parser.add_argument("--crop_size", type=int, default=None,
                             help="classic geometry: centre crop side (default: --resize; PaDiM: "
                                  "256 / 224)")
-        parser.add_argument("--stats", type=str, default="auto",
+        parser.add_argument("--stats_device", type=str, default="auto",
                             choices=["auto", "cpu", "device"],
                             help="where the float64 sums and inverses are computed: auto (on "
                                  "the GPU when Paddle runs there, else the CPU's BLAS / LAPACK "
                                  "on every core), cpu, or device (Paddle ops)")
+        parser.add_renamed("--stats", "--stats_device")   # until the next release
         parser.add_argument("--ignore_mask", type=str, default=None,
                             help="PNG of the pixels never to score (white = ignore: serial "
                                  "numbers, fixtures, labels), at the images' or the input's "
@@ -119,18 +120,6 @@ def add_precision_args(parser, fitting):
                             choices=["auto", "fp32", "int8"],
                             help="the model's own (auto), or fp32 / int8, which must be the "
                                  "model's: an int8 model's thresholds belong to its int8 graph")
-
-
-def check_precision(requested, model_precision, what):
-    """``--precision`` against the model's (or export's) own; return the one to run."""
-    if requested in (None, "auto") or requested == model_precision:
-        return model_precision
-    if requested == "int8":
-        raise UserError(f"{what} has no int8 graph (it was fitted in fp32): fit it with "
-                        "train.py --precision int8 (and export it with export_model.py --format "
-                        "onnx --precision int8)")
-    raise UserError(f"{what} was fitted with the int8 backbone: its statistics and thresholds "
-                    "belong to the int8 graph; leave --precision out, or fit it again in fp32")
 
 
 def add_run_args(parser):
@@ -301,44 +290,17 @@ def open_model(args, verb):
 
 
 def open_detector(args, verb="use"):
-    """The ``runtime.detector.Detector`` of a model file (``model_file``), on ``--engine``.
+    """The ``orthoad_runtime.detector.Detector`` of a model file (``model_file``), on ``--engine``.
 
     Returns:
         (Detector, its path).
     """
     from modelfile import read_meta
-    from runtime.detector import Detector
+    from pipeline.detectors import from_model_file
     path = model_file(args, verb)
     meta = read_meta(path) if os.path.isfile(path) else {}
     check_model_flags(args, meta, path)
     check_precision(getattr(args, "precision", None), meta.get("precision", "fp32"),
                     f"model '{path}'")
     threads = apply_threads(args)
-    return Detector.load(path, engine=args.engine, threads=threads, weights=args.weights), path
-
-
-def add_prediction_args(parser):
-    """Flags of the scripts that score images and write per-image outputs (predict, infer)."""
-    parser.add_argument("--threshold", type=float, default=None,
-                        help="override the model's image and pixel thresholds (learned from "
-                             "held-out normal images, or calibrated)")
-    parser.add_bool("--save_pic", True, "write a figure per image (image, heat map, predicted "
-                    "mask)")
-    parser.add_bool("--save_outputs", True, "write the machine-readable outputs per image: the "
-                    "binary mask at the original resolution (masks/<stem>.png) and the result "
-                    "with its defect regions (regions/<stem>.json: box, area, peak and mean "
-                    "score)")
-    parser.add_argument("--ignore_mask", type=str, default=None,
-                        help="PNG of pixels never to score (white = ignore), added to the "
-                             "model's own")
-    parser.add_argument("--save_server_maps", type=str, default=None,
-                        help="also write each original-size map (float16 TIFF) and its mask at "
-                             "the pixel threshold (0 / 255 PNG) under this folder in the form "
-                             "the MVTec AD 2 evaluation server accepts: "
-                             "anomaly_images[_thresholded]/<category>/<input folder name>/"
-                             "<stem>")
-    parser.add_renamed("--save_maps", "--save_server_maps")
-    parser.add_argument("--max_pixels", type=positive_int, default=PREDICT_MAX_PIXELS,
-                        help="largest image in pixels, read from its header before decoding "
-                             "(an error beyond: a decompression bomb, or a wrong file); default "
-                             "four 4096 x 3072 frames")
+    return from_model_file(path, engine=args.engine, threads=threads, weights=args.weights), path

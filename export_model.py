@@ -13,7 +13,7 @@ import sys
 
 from utils import ArgumentParser, run_cli  # first: quiets Paddle
 import cli  # noqa: E402
-from runtime.engines import require  # noqa: E402
+from orthoad_runtime.engines import require  # noqa: E402
 from pipeline.export import FORMATS, export  # noqa: E402
 
 logger = logging.getLogger("export")

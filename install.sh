@@ -5,7 +5,8 @@
 #   --gpu cu126     paddlepaddle-gpu from Paddle's package index (CUDA tag: cu118, cu126, ...),
 #                   then requirements.txt without the CPU build
 #   --test          also requirements-test.txt (pytest and the test oracles)
-#   --deploy        only requirements-deploy.txt: an ONNX export on a line PC, no Paddle
+#   --deploy        only the runtime (pip install .: orthoad_runtime, ONNX Runtime, no Paddle):
+#                   an ONNX export on a line PC
 # PYTHON (default python3) makes the venv; VENV (default .venv) names it.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -24,7 +25,7 @@ done
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 pip=("$VENV/bin/python" -m pip install -q --disable-pip-version-check)
 if [ "$deploy" = 1 ]; then
-  "${pip[@]}" -r requirements-deploy.txt
+  "${pip[@]}" .
   exit 0
 fi
 has() { "$VENV/bin/python" -m pip show -q "$1" >/dev/null 2>&1; }

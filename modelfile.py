@@ -27,6 +27,7 @@ import struct
 import numpy as np
 
 from schema import ModelFileError, check_meta, check_model
+from orthoad_runtime.util import is_pickle
 from utils import UserError, atomic_path, hugepage_empty
 
 FORMAT_NAME = "orthoad-paddle model"
@@ -150,13 +151,6 @@ def save_model(path, meta, arrays):
     return write_tensors(path, arrays, {"format": FORMAT_NAME,
                                         "format_version": str(FORMAT_VERSION),
                                         "meta": json.dumps(meta, sort_keys=True)})
-
-
-def is_pickle(path):
-    """True if the file starts like a Python pickle (protocol 2 or later)."""
-    with open(path, "rb") as fh:
-        head = fh.read(2)
-    return len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5
 
 
 def legacy_message(path):

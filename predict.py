@@ -1,5 +1,5 @@
 """Anomaly map, mask, regions, score and verdict for one image or a folder of images, from a
-fitted model file on any engine (the same ``runtime.detector.Detector`` as infer.py and
+fitted model file on any engine (the same ``orthoad_runtime.detector.Detector`` as infer.py and
 serve.py).
 
     python predict.py demo_data/brick/test/scratch/000.png --category brick
@@ -10,8 +10,9 @@ import sys
 
 from utils import ArgumentParser, run_cli  # first: quiets Paddle's import
 import cli  # noqa: E402
-from datasets.transforms import list_inputs  # noqa: E402
-from runtime.batch import input_folder_name, predict_files  # noqa: E402
+from orthoad_runtime.transforms import list_inputs  # noqa: E402
+from orthoad_runtime.batch import input_folder_name, predict_files  # noqa: E402
+from orthoad_runtime.prediction_args import add_prediction_args  # noqa: E402
 
 logger = logging.getLogger("predict")
 
@@ -28,7 +29,7 @@ def get_args(argv=None):
     cli.add_precision_args(p, fitting=False)
     p.add_argument("--model_path", type=str, default=None, help="a model file (instead of "
                    "--category)")
-    cli.add_prediction_args(p)
+    add_prediction_args(p)
     p.add_argument("--output", type=str, default=None,
                    help="output folder (default: <model folder>/predict/<model file name>)")
     return p.parse_args(argv)

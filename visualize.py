@@ -10,8 +10,6 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from runtime.figure import display_range  # noqa: E402,F401  (re-exported)
-from runtime.predictions import thresholds  # noqa: E402,F401  (re-exported)
 from utils import atomic_path  # noqa: E402
 
 
@@ -63,7 +61,9 @@ def plot_result(path, image, amap, score, threshold=None, vmin=None, vmax=None, 
         axes[i].contour(flagged, levels=[0.5], colors="white", linewidths=1.2)
     if gt_mask is not None and gt_mask.any():
         axes[i].contour(gt_mask, levels=[0.5], colors="lime", linewidths=1.0)
-    verdict = "" if threshold is None else (" ANOMALOUS" if score > threshold else " normal")
+    from orthoad_runtime.predictions import verdict as rule
+    verdict = "" if threshold is None else (" " + rule(score, threshold).replace(
+        "anomalous", "ANOMALOUS"))
     thr = "" if threshold is None else f" / thr {threshold:.2f}"
     axes[i].set_title(f"score {score:.2f}{thr}{verdict}", fontsize=9)
     for ax in axes:
@@ -75,9 +75,3 @@ def plot_result(path, image, amap, score, threshold=None, vmin=None, vmax=None, 
         fig.savefig(tmp, format="png", dpi=90)
     plt.close(fig)
     return path
-
-
-def verdict(score, threshold):
-    if threshold is None:
-        return "unknown"
-    return "anomalous" if score > threshold else "normal"

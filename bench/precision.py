@@ -26,13 +26,13 @@ def _run(cmd):
 def _engine_ms(export, images, runs=12):
     code = f"""
 import json, time, numpy as np
-from runtime.detector import Detector
-d = Detector.load({export!r}, threads=2)
-x = np.stack([d.prepare(f).x for f in {images[:8]!r}])
-d._run(x)
+from orthoad_runtime import Detector
+d = Detector.from_export({export!r}, threads=2)
+x = [d.prepare(f) for f in {images[:8]!r}]
+d.score(x)
 ts = []
 for _ in range({runs}):
-    t = time.perf_counter(); d._run(x); ts.append(time.perf_counter() - t)
+    t = time.perf_counter(); d.score(x); ts.append(time.perf_counter() - t)
 print(1000 * float(np.median(ts)) / len(x))
 """
     return float(_run([sys.executable, "-c", code]).strip().splitlines()[-1])

@@ -133,16 +133,16 @@ def _engine_ms(export, files, threads=2):
     process like the server's."""
     code = f"""
 import json, time, numpy as np
-from runtime.detector import Detector
-d = Detector.load({export!r}, threads={threads})
+from orthoad_runtime import Detector
+d = Detector.from_export({export!r}, threads={threads})
 p = [d.prepare(f) for f in {files[:8]!r}]
 out = {{}}
 for b in (1, 8):
-    x = np.stack([q.x for q in p[:b]])
-    d._run(x)
+    x = p[:b]
+    d.score(x)
     ts = []
     for _ in range(20):
-        t = time.perf_counter(); d._run(x); ts.append(time.perf_counter() - t)
+        t = time.perf_counter(); d.score(x); ts.append(time.perf_counter() - t)
     out[b] = 1000 * float(np.median(ts)) / b
 print(json.dumps(out))
 """

@@ -9,7 +9,7 @@
     --mask_dir DIR                   optional masks, matched by file stem with or without a
                                      '_mask' suffix, in sub-folders named by type or flat;
                                      masks BESIDE the images are found without it
-                                     (``datasets.mask_pairs``)
+                                     (``orthoad_runtime.mask_pairs``)
     --category NAME                  names the model
 
 The same shape sets thresholds on labelled calibration images (``--calibration_normal_dir``,
@@ -23,7 +23,7 @@ import numpy as np
 
 from utils import UserError
 
-from .mask_pairs import split_masks
+from orthoad_runtime.mask_pairs import split_masks
 from .mvtec import match_masks
 from .samples import CategoryData, Sample, check_unique, list_images, stem, warn_masks
 
@@ -48,7 +48,7 @@ def _subfolders_with_images(folder):
 
 
 def folder_images(flag, folder, normal):
-    """The images of one plain folder, masks beside them told apart (``datasets.mask_pairs``).
+    """The images of one plain folder, masks beside them told apart (``orthoad_runtime.mask_pairs``).
 
     Returns:
         (images, {image: mask beside it}); masks beside normal images are left out (logged).

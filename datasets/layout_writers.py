@@ -16,12 +16,20 @@ from PIL import Image
 
 from utils import atomic_path, write_json
 
-from .synthetic import _encode
+
+
+def encode_image(array, tint):
+    """float [H, W] (or [H, W, 3]) in 0..255 -> uint8 [H, W] (gray) or [H, W, 3] (tinted, or
+    a colour photograph as it is)."""
+    a = np.clip(np.round(array), 0, 255).astype(np.uint8)
+    if tint is not None:
+        a = np.clip(np.round(a[:, :, None] * np.asarray(tint)), 0, 255).astype(np.uint8)
+    return a
 
 
 def _img(path, item, fmt="PNG"):
     with atomic_path(path) as tmp:
-        Image.fromarray(_encode(item.image, item.tint)).save(tmp, format=fmt)
+        Image.fromarray(encode_image(item.image, item.tint)).save(tmp, format=fmt)
     return path
 
 

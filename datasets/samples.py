@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from utils import UserError
 
-from .transforms import IMAGE_EXTENSIONS
+from orthoad_runtime.transforms import IMAGE_EXTENSIONS
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ class CategoryData:
             raise UserError(f"category '{self.name}' ({self.layout} layout, {self.root}) has no "
                             "labelled test images: evaluation needs normal and anomalous test "
                             "images (see docs/data_layouts.md)")
-        from .transforms import image_size
+        from orthoad_runtime.transforms import image_size
         for s in self.test:
             if s.masks:
                 hw = image_size(s.path)

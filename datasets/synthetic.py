@@ -28,6 +28,8 @@ from skimage import draw
 
 from utils import ArgumentParser, UserError, atomic_path, ensure_dir, positive_int
 
+from .layout_writers import WRITERS, encode_image, write_manifest
+
 logger = logging.getLogger(__name__)
 
 TEXTURES = {"brick": (1.0, 0.75, 0.6), "grass": (0.7, 1.0, 0.6), "gravel": None}
@@ -89,18 +91,9 @@ def _defect(img, kind, other, rng):
     return mask
 
 
-def _encode(array, tint):
-    """float [H, W] (or [H, W, 3]) in 0..255 -> uint8 [H, W] (gray) or [H, W, 3] (tinted, or
-    a colour photograph as it is)."""
-    a = np.clip(np.round(array), 0, 255).astype(np.uint8)
-    if tint is not None:
-        a = np.clip(np.round(a[:, :, None] * np.asarray(tint)), 0, 255).astype(np.uint8)
-    return a
-
-
 def _save(path, array, tint, fmt="PNG"):
     with atomic_path(path) as tmp:
-        Image.fromarray(_encode(array, tint)).save(tmp, format=fmt)
+        Image.fromarray(encode_image(array, tint)).save(tmp, format=fmt)
 
 
 @dataclass
@@ -158,7 +151,6 @@ def generate(out, categories=tuple(TEXTURES), n_train=30, n_good=5, n_defect=10,
     file written; return the list of category names. ``hires`` is the high-resolution category
     (``generate_hires``, MVTec layout). ``n_validation`` / ``n_private``: normal validation and
     unlabelled test images of the layouts that have them (default 5 / 4 there, 0 elsewhere)."""
-    from .layout_writers import WRITERS, write_manifest
     if layout not in WRITERS:
         raise ValueError(f"unknown layout '{layout}': choose from {', '.join(WRITERS)}")
     writer = WRITERS[layout]

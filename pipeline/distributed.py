@@ -136,15 +136,6 @@ class Group:
         self._collective(self._dist.all_gather_object, out, obj)
         return out
 
-    def broadcast(self, array, root=0):
-        """``array`` of rank ``root`` on every rank (float arrays; a sum with zeros elsewhere)."""
-        if self.world == 1:
-            return array
-        a = np.ascontiguousarray(array, dtype=np.float64)
-        if self.rank != root:
-            a = np.zeros_like(a)
-        return self.all_sum(a).astype(np.asarray(array).dtype)
-
     def all_sum(self, array):
         """Sum ``array`` (float64 ndarray) over the ranks, in place, in chunks; return it."""
         if self.world == 1:
@@ -167,7 +158,3 @@ class Group:
         sums, rows = gauss.row_sums(first, shape)
         total = self.all_sum(np.concatenate([sums.reshape(-1), [float(rows)]]))
         return gauss.set_shift((total[:-1] / total[-1]).reshape(sums.shape))
-
-    def barrier(self):
-        if self.world > 1:
-            self._sync()

@@ -20,13 +20,16 @@ import numpy as np
 
 import metrics
 import visualize
-from datasets.ignore import original_map
-from datasets.loading import load_test_item, prefetch_batches
-from datasets.transforms import image_size
-from utils import atomic_path, ensure_dir, progress
+from orthoad_runtime.figure import display_range
+from orthoad_runtime.predictions import thresholds, verdict
+from orthoad_runtime.ignore import original_map
+from datasets.loading import load_test_item
+from orthoad_runtime.transforms import image_size
+from utils import atomic_path, ensure_dir
 
 from .geometry import AspectWarnings, batch_for
 from .loco import LocoMetrics
+from .scoring import predict_batches
 
 logger = logging.getLogger(__name__)
 
@@ -65,19 +68,6 @@ class CategoryResult:
     types: list = field(default_factory=list)
     curves: dict = field(default_factory=dict)
     examples: dict = field(default_factory=dict)
-
-
-def predict_batches(model, items, load, batch_size, desc, image=lambda loaded: loaded[0]):
-    """Score ``items`` with the model's engine; yield (loaded items, maps [B, H, W],
-    scores [B]); ``image(loaded item)`` is the network input [3, H, W]."""
-    bar = progress(len(items), desc)
-    try:
-        for batch in prefetch_batches(items, load, batch_size):
-            maps, scores = model.score(np.stack([image(b) for b in batch]))
-            bar.update(len(batch))
-            yield batch, maps, scores
-    finally:
-        bar.close()
 
 
 def score_samples(model, samples, batch_size, desc, channels=False):
@@ -153,7 +143,7 @@ def evaluate_samples(model, samples, category, opts, defects=None):
     """
     start = time.perf_counter()
     pre, meta = model.preprocess, model.meta
-    threshold, pixel_threshold = visualize.thresholds(meta)
+    threshold, pixel_threshold = thresholds(meta)
     pixels = metrics.PixelSet(_pixel_capacity(samples, pre, opts.eval_size))
     paper_maps, paper_masks = [], []
     worst_fp, worst_fn = _Worst(opts.examples), _Worst(opts.examples)
@@ -166,7 +156,7 @@ def evaluate_samples(model, samples, category, opts, defects=None):
         in_pixels = sample.label == 0 or sample.has_mask
         records.append({"path": sample.path, "defect": sample.defect, "label": sample.label,
                         "has_mask": sample.has_mask, "score": score,
-                        "verdict": visualize.verdict(score, threshold)})
+                        "verdict": verdict(score, threshold)})
         full = original_map(pre, amap, hw, model.ignore) if opts.maps_dir or loco is not None or \
             opts.eval_size == "original" or sample.has_mask else None
         if sample.has_mask:           # defect pixels outside the crop or under the ignore mask
@@ -194,7 +184,7 @@ def evaluate_samples(model, samples, category, opts, defects=None):
                                                    scored_hw))
         if opts.pic_dir:
             stem = os.path.splitext(os.path.basename(sample.path))[0]
-            vmin, vmax = visualize.display_range(meta, amap)
+            vmin, vmax = display_range(meta, amap)
             visualize.plot_result(
                 os.path.join(opts.pic_dir, category, f"{sample.defect}_{stem}.png"),
                 pre.unnormalise(x), amap, score, threshold, vmin, vmax,

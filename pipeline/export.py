@@ -21,8 +21,8 @@ import tempfile
 
 import numpy as np
 
-from datasets.ignore import encode_mask
-from schema import DEPLOY_VERSION
+from orthoad_runtime.ignore import encode_mask
+from orthoad_runtime.schema import DEPLOY_VERSION
 from utils import atomic_path, ensure_dir, sha256_file, write_failed, write_json
 
 from .graphs import export_static, graph_layer, to_onnx
@@ -108,7 +108,7 @@ def _bake_gaussian(src, dst, mean, precision):
 
 def _int8_graph(model):
     """The int8 deployment graph as one ONNX model (Gaussian inputs still open): the int8
-    embedding graph (quantised backbone, ``runtime.quantize``) joined to the float32 head."""
+    embedding graph (quantised backbone, ``pipeline.quantize``) joined to the float32 head."""
     import onnx
     from onnx import compose
 

@@ -17,14 +17,14 @@ import numpy as np
 import paddle
 
 from datasets.digest import DigestSets, digests
-from datasets.loading import prefetch_batches
-from datasets.transforms import image_size
+from orthoad_runtime.prefetch import prefetch_batches
+from orthoad_runtime.transforms import image_size
 from models import linalg
 from models.device_gaussian import DeviceGaussian
 from models.gaussian import PatchGaussian, cell_shape, pack_state
 from models.orthoad import OrthoAD
 from models.projection import make_projection
-from datasets.ignore import apply_ignore, load_ignore_mask
+from orthoad_runtime.ignore import apply_ignore, load_ignore_mask
 from utils import UserError, library_versions, progress
 
 from .distributed import Group
@@ -68,7 +68,7 @@ class FitConfig:
                    resize=args.resize, crop_size=args.crop_size, batch_size=args.batch_size,
                    eps=args.eps, holdout=args.holdout,
                    input_size=parse_input_size(args.input_size), cell=parse_cell(args.cell),
-                   engine=args.engine, stats=args.stats, ignore_mask=args.ignore_mask,
+                   engine=args.engine, stats=args.stats_device, ignore_mask=args.ignore_mask,
                    save_sums=args.save_sums, precision=args.precision,
                    calibration_images=args.calibration_images,
                    int8_max_change=args.int8_max_change)
@@ -297,7 +297,7 @@ def fit_category(data, cfg, backbone, cache_dir, group=None):
         if reference:
             compare_scores(int8, scores, score_files(
                 reference.embed32, detector, reference.gauss32, validation, preprocess, batch,
-                f"validation {category} (fp32)", ignore)[0], category,
+                f"validation {category} (fp32)", ignore)[0], threshold_rule, category,
                 cfg.int8_max_change)
     else:
         if hold_files:
@@ -307,8 +307,8 @@ def fit_category(data, cfg, backbone, cache_dir, group=None):
             if reference:
                 held32 = embed_holdout(reference.embed32, hold_files, preprocess, batch, category)
                 compare_scores(int8, scores, score_holdout(detector, reference.gauss32, held32,
-                                                           batch, ignore)[0], category,
-                               cfg.int8_max_change)
+                                                           batch, ignore)[0], threshold_rule,
+                               category, cfg.int8_max_change)
                 del held32
         threshold_record, display = holdout_record(scores, hold_files, vmin)
     if reference and not (validation or hold_files):

@@ -16,8 +16,8 @@ import math
 
 import numpy as np
 
-from datasets.transforms import (BATCH_PIXELS, AspectWarnings, Preprocess,  # noqa: F401
-                                 batch_for, image_size)
+from orthoad_runtime.transforms import (BATCH_PIXELS, AspectWarnings,  # noqa: F401
+                                        Preprocess, batch_for, image_size)
 from utils import UserError
 
 logger = logging.getLogger(__name__)

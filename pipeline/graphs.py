@@ -39,7 +39,7 @@ from paddle.static import InputSpec
 from models.orthoad import EmbeddingScorer, Embedder, GaussianScorer
 from utils import UserError, ensure_dir, sha256_file, write_json
 
-from runtime import engines
+from orthoad_runtime import engines
 
 logger = logging.getLogger(__name__)
 
@@ -269,10 +269,10 @@ def ranges_key(ranges):
 
 
 def build_int8(detector, cache_dir, int8):
-    """The folder of the int8 embedding graph (``runtime.quantize``) of ``detector`` with the
+    """The folder of the int8 embedding graph (``pipeline.quantize``) of ``detector`` with the
     model's int8 record (its calibration ``ranges`` and the ``fp32_nodes`` kept in float32),
     built from the float32 one if missing or broken."""
-    from runtime.quantize import quantize_graph
+    from pipeline.quantize import quantize_graph
     ranges, keep = int8["ranges"], list(int8.get("fp32_nodes") or [])
     src = os.path.join(build("embed", detector, cache_dir, "onnx"), "model.onnx")
     key = ranges_key({"ranges": ranges, "fp32_nodes": keep} if keep else ranges)

@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 
-from datasets.loading import prefetch_batches
+from orthoad_runtime.prefetch import prefetch_batches
 from utils import UserError
 
 logger = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ SENSITIVITY_IMAGES = 4     # images the per-convolution cost is measured on
 def calibrate_int8(detector, files, preprocess, batch, cfg, cache_dir, category):
     """The int8 backbone's calibration record: activation ranges of the float32 embedding graph
     over a seeded draw of normal training images (never test images), and which ones."""
-    from runtime.quantize import HEADROOM, MIN_CALIBRATION, QUANTISED, calibrate
+    from pipeline.quantize import HEADROOM, MIN_CALIBRATION, QUANTISED, calibrate
     from .graphs import build, default_cache, int8_engine
     int8_engine(cfg.engine)
     wanted = cfg.calibration_images
@@ -88,8 +88,8 @@ def check_int8(int8, detector, files, what, preprocess, batch, cache_dir, catego
     ``fp32_nodes`` and its ``check`` record."""
     import tempfile
 
-    from runtime import engines
-    from runtime.quantize import conv_nodes, quantize_graph
+    from orthoad_runtime import engines
+    from pipeline.quantize import conv_nodes, quantize_graph
     from .graphs import build, default_cache
     t0 = time.perf_counter()
     cache_dir = cache_dir or default_cache()
@@ -135,21 +135,19 @@ class Fp32Reference:
         return self.embed8(x)
 
 
-def compare_scores(int8, s8, s32, category, bound=MAX_CHANGE):
+def compare_scores(int8, s8, s32, rule, category, bound=MAX_CHANGE):
     """The int8 model's scores ``s8`` of the threshold's normal images against the float32
     model's ``s32``: median and largest relative change, rank agreement (Spearman), the
-    threshold each gives; stored in ``int8['check']``, logged.
+    threshold each gives (``rule`` of the scores); stored in ``int8['check']``, logged.
 
     Raises:
         UserError: the median change is above ``bound`` (``--int8_max_change``).
     """
     from scipy.stats import spearmanr
-
-    from .fit import threshold_rule
     s8, s32 = np.asarray(s8, np.float64), np.asarray(s32, np.float64)
     rel = np.abs(s8 - s32) / np.maximum(np.abs(s32), 1e-12)
     rank = float(spearmanr(s8, s32)[0]) if len(s8) > 2 and np.ptp(s32) > 0 else None
-    t8, t32 = threshold_rule(s8), threshold_rule(s32)
+    t8, t32 = rule(s8), rule(s32)
     check = int8.setdefault("check", {})
     check.update({"score_change_median": round(float(np.median(rel)), 5),
                   "score_change_max": round(float(rel.max()), 5),

@@ -7,9 +7,9 @@ detector (``models.orthoad.OrthoAD``) is built on first use.
 import logging
 from dataclasses import dataclass, field
 
-from datasets.transforms import Preprocess
+from orthoad_runtime.transforms import Preprocess
 from modelfile import load_checked, save_model
-from datasets.ignore import apply_ignore, combine
+from orthoad_runtime.ignore import apply_ignore, combine
 from models.orthoad import OrthoAD
 
 from .backbones import backbone_for_meta
@@ -77,7 +77,7 @@ class Model:
 
     @property
     def preprocess(self):
-        """The model's input geometry and normalisation (``datasets.transforms.Preprocess``)."""
+        """The model's input geometry and normalisation (``orthoad_runtime.transforms.Preprocess``)."""
         geometry = self.meta.get("geometry")
         if geometry is None:                   # models made before the geometry was stored
             return Preprocess(self.meta["crop_size"], self.meta["resize"])

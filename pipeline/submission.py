@@ -16,12 +16,15 @@ DIR as a .tar.gz for upload). The maps are written here at the image's original 
 the binarised masks at the model's pixel threshold. The labelled ``test_public`` maps are not
 part of it: ``--save_maps`` writes them elsewhere.
 
-The files themselves are written by ``outputs.write_server_map`` (predict.py uses it too).
+The files themselves are written by ``orthoad_runtime.outputs.write_server_map`` (predict.py uses it too).
 """
 import logging
 
-from datasets.ignore import original_map
-from outputs import MAPS, MASKS, write_server_map
+from orthoad_runtime.ignore import original_map
+from orthoad_runtime.outputs import MAPS, MASKS, write_server_map
+from orthoad_runtime.predictions import thresholds
+
+from .scoring import predict_batches
 
 logger = logging.getLogger(__name__)
 
@@ -29,12 +32,10 @@ logger = logging.getLogger(__name__)
 def write_unlabelled(model, data, root, batch_size):
     """Score every unlabelled test image of ``data`` (MVTec AD 2's test_private and
     test_private_mixed) and write its map and mask in the server's form under ``root``."""
-    import visualize
 
-    from .evaluate import predict_batches
     from .geometry import batch_for
     pre = model.preprocess
-    _, pixel_threshold = visualize.thresholds(model.meta)
+    _, pixel_threshold = thresholds(model.meta)
     if pixel_threshold is None:
         logger.warning("%s: the model has no threshold: only the continuous maps are written "
                        "(the server also wants %s)", data.name, MASKS)

@@ -106,7 +106,7 @@ class TrainingRun:
             old = models_io.load(self.path(category),
                                  {"method": a.method, "arch": a.arch, "k": a.k}, a.weights)
             new = update_category(old, self.data[category], a.batch_size, a.holdout, a.seed,
-                                  a.engine, a.stats)
+                                  a.engine, a.stats_device)
             return (old, False) if new is None else (new, True)
         return fit_category(self.data[category], self.cfg, self.backbone, None,
                             self.fit_group), True

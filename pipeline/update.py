@@ -18,7 +18,7 @@ import time
 import paddle
 
 from datasets.digest import DigestSets, digests
-from datasets.transforms import image_size
+from orthoad_runtime.transforms import image_size
 from models import linalg
 from models.device_gaussian import DeviceGaussian
 from models.gaussian import PatchGaussian, pack_state, unpack_state

@@ -14,7 +14,7 @@ import paddle  # noqa: E402
 
 from datasets import mvtec  # noqa: E402
 from datasets.synthetic import generate  # noqa: E402
-from datasets.transforms import load_rgb  # noqa: E402
+from orthoad_runtime.transforms import load_rgb  # noqa: E402
 from pipeline.backbones import get_backbone  # noqa: E402
 from pipeline.fit import FitConfig, fit_category  # noqa: E402
 

@@ -100,12 +100,14 @@ for fmt in "${formats[@]}"; do
             thread_list=("${threads[@]}")
             mkldnn_list=("${mkldnns[@]}")
         fi
-        [ "$fmt" == "onnx" ] && mkldnn_list=("False")     # oneDNN is a Paddle Inference setting
+        [ "$fmt" == "onnx" ] && mkldnn_list=("n/a")       # oneDNN is a Paddle Inference setting
         for mk in "${mkldnn_list[@]}"; do
+        mk_flag="--enable_mkldnn=${mk}"
+        [ "$mk" == "n/a" ] && mk_flag=""                   # an ONNX export takes no such flag
         for t in "${thread_list[@]}"; do
             for bs in "${batches[@]}"; do
-                tag="infer_${fmt}_gpu_${use_gpu}_mkldnn_${mk}_threads_${t}_bs_${bs}"
-                run_step "$tag" "$python $inference --use_gpu=${use_gpu} --enable_mkldnn=${mk} --cpu_threads=${t} --batch_size=${bs} --precision=${infer_precision} ${model_args} --stats=${fmt_dir}/deploy.json --input_file=${infer_input} --save_path=${LOG_PATH}/${tag} --enable_benchmark=${infer_benchmark}"
+                tag="infer_${fmt}_gpu_${use_gpu}_mkldnn_${mk/n\/a/na}_threads_${t}_bs_${bs}"
+                run_step "$tag" "$python $inference --use_gpu=${use_gpu} ${mk_flag} --cpu_threads=${t} --batch_size=${bs} --precision=${infer_precision} ${model_args} --stats=${fmt_dir}/deploy.json --input_file=${infer_input} --save_path=${LOG_PATH}/${tag} --enable_benchmark=${infer_benchmark}"
                 grep -h "^benchmark:" "${LOG_PATH}/${tag}.log" | sed 's/^/    /'
             done
         done

@@ -15,31 +15,25 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 def make():
     """The app of ORTHOAD_SERVE with every model's engine slowed down."""
-    import json
-
-    from runtime.app import create_app
-    from runtime.detector import Detector
-    from runtime.service import Limits
-    from utils import setup_logging
-    cfg = json.loads(os.environ["ORTHOAD_SERVE"])
-    setup_logging()
+    from orthoad_runtime.app import app_from_environment, environment
+    from pipeline.detectors import open_detector
+    cfg = environment()
     delay = float(os.environ.get("SLOW_APP_SECONDS", "1"))
 
     def load(path):
-        d = Detector.load(path, engine=cfg["engine"], threads=cfg["threads"])
-        run = d._run
+        d = open_detector(path, engine=cfg["engine"] or "auto", threads=cfg["threads"])
+        score = d.score
 
-        def slow(x):
+        def slow(prepared, ignore=None):
             time.sleep(delay)
-            return run(x)
-        d._run = slow
+            return score(prepared, ignore)
+        d.score = slow
         return d
-    return create_app(cfg["model_dir"], cfg["engine"], cfg["threads"], Limits(**cfg["limits"]),
-                      load=load)
+    return app_from_environment(load=load)
 
 
 if __name__ == "__main__":
     import serve
+    from orthoad_runtime import serve_cli
     from utils import run_cli
-    serve.FACTORY = "slow_app:make"
-    sys.exit(run_cli(serve.main, serve.get_args))
+    sys.exit(run_cli(lambda args: serve_cli.main(args, "slow_app:make"), serve.get_args))

@@ -330,7 +330,7 @@ def _write_variants(cat):
 
 
 def test_16bit_rgba_palette_and_small_images_work(base, tmp_path):
-    from datasets.transforms import load_rgb
+    from orthoad_runtime.transforms import load_rgb
     data, cat = _copy(base, tmp_path)
     _write_variants(cat)
     good = cat / "train" / "good"
@@ -344,11 +344,18 @@ def test_16bit_rgba_palette_and_small_images_work(base, tmp_path):
 
 
 def test_a_renamed_flag_still_works_and_names_its_new_name(caplog):
-    """predict.py's --save_maps became --save_server_maps (eval.py's --save_maps means float32
-    maps in the evaluators' layout): the old name reaches the new flag, with a warning."""
+    """One flag, one meaning: predict.py's --save_maps became --save_server_maps (eval.py's
+    --save_maps means float32 maps in the evaluators' layout), train.py's --stats became
+    --stats_device (infer.py's --stats is the deploy.json): the old names reach the new flags,
+    with a warning, for one release."""
     import predict
     with caplog.at_level("WARNING"):
         args = predict.get_args(["x.png", "--save_maps", "DIR"])
     assert args.save_server_maps == "DIR"
     assert "--save_maps is now called --save_server_maps" in caplog.text
     assert predict.get_args(["x.png"]).save_server_maps is None
+    import train                       # train's --stats (where the statistics are computed)
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        args = train.get_args(["--data_path", "d", "--stats", "cpu"])
+    assert args.stats_device == "cpu" and "--stats is now called --stats_device" in caplog.text

@@ -48,7 +48,7 @@ def test_masks_are_optional_and_the_images_behind_each_metric_are_counted(fitted
     assert (row["n_test"], row["n_defect"], row["n_pixel_images"]) == (12, 8, 10)
     import tifffile
     from datasets import mvtec
-    from datasets.transforms import load_mask
+    from orthoad_runtime.transforms import load_mask
     labels, scores, px_masks, px_maps = [], [], [], []
     for s in mvtec.read(str(data), "gravel").test:
         stem = os.path.splitext(os.path.basename(s.path))[0]
@@ -146,7 +146,7 @@ def test_calibration_sets_the_best_f1_thresholds_on_calibration_images_only(
     assert thr["calibration"]["n_masks"] == 9 and thr["holdout"]["n_holdout"] == 2
     # oracle: scores of the calibration images by predict.py, F1 by scikit-learn
     labels, scores, maps, masks = [], [], [], []
-    from datasets.transforms import load_mask
+    from orthoad_runtime.transforms import load_mask
     for folder in sorted(os.listdir(calibration_dir)):
         if folder == "ground_truth":
             continue

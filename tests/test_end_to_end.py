@@ -34,7 +34,7 @@ def test_regression_guard_demo_quality_floors(fitted):
 def _oracle_embeddings(backbone, w, files, size):
     """Independent path: layer maps -> Paddle's nearest interpolate -> concatenation -> W in
     float64 (the definition; the model projects per layer and upsamples channels-last)."""
-    from datasets.transforms import Preprocess, load_rgb
+    from orthoad_runtime.transforms import Preprocess, load_rgb
     pre = Preprocess(size, size)
     out = []
     with paddle.no_grad():
@@ -96,7 +96,7 @@ def test_metrics_equal_scikit_learn_on_the_written_maps(fitted, tmp_path):
 
     from conftest import official_au_pro
     from datasets import mvtec
-    from datasets.transforms import load_mask
+    from orthoad_runtime.transforms import load_mask
     row = eval_script.main(eval_script.get_args([
         "--data_path", fitted["data"], "--category", "gravel", "--k", "20", "--save_path",
         fitted["save"], "--eval_PRO", "--save_maps", str(tmp_path)]))[0]

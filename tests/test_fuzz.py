@@ -35,7 +35,7 @@ JSON = st.recursive(
 @pytest.fixture(scope="module")
 def real(fitted, tmp_path_factory):
     """A real fitted model, its parts, an image in the model's geometry, and a scratch folder."""
-    from datasets.transforms import load_rgb
+    from orthoad_runtime.transforms import load_rgb
     path = model_path(fitted["save"], "ortho", "resnet18", 20, "brick")
     with open(path, "rb") as fh:
         (n,) = struct.unpack("<Q", fh.read(8))

@@ -9,7 +9,7 @@ from PIL import Image
 import eval as eval_script
 import train
 from datasets.synthetic import generate
-from datasets.transforms import IMAGENET_MEAN, IMAGENET_STD
+from orthoad_runtime.transforms import IMAGENET_MEAN, IMAGENET_STD
 from modelfile import load_model
 from pipeline.geometry import choose, choose_cell, parse_input_size
 from utils import UserError, model_path
@@ -46,7 +46,7 @@ def test_auto_on_square_images_is_the_mvtec_protocol(demo_root):
     pre, info = choose(files)
     assert pre.config()["mode"] == "crop" and (pre.resize, pre.input_hw) == (256, (256, 256))
     assert info["unscored_fraction"] == 0 and "square" in info["rule"]
-    from datasets.transforms import load_rgb
+    from orthoad_runtime.transforms import load_rgb
     for f in files[:3]:
         np.testing.assert_array_equal(pre.image(load_rgb(f)), _legacy_image(f))
 
@@ -97,7 +97,7 @@ def test_centre_crop_of_rectangles_is_reported_not_hidden(rect_root, tmp_path, c
     from sklearn.metrics import roc_auc_score
 
     from datasets import mvtec
-    from datasets.transforms import load_mask
+    from orthoad_runtime.transforms import load_mask
     save = str(tmp_path / "m")
     with caplog.at_level("WARNING"):
         train.main(train.get_args(["--data_path", rect_root, "--category", "brick", "--k", "6",

@@ -42,7 +42,7 @@ def test_int8_fit_equals_onnxruntime_quantisation_of_the_recorded_calibration(in
     from onnxruntime.quantization.calibrate import TensorData, TensorsData, save_tensors_data
     from onnxruntime.quantization.preprocess import quant_pre_process
 
-    from datasets.transforms import load_rgb
+    from orthoad_runtime.transforms import load_rgb
     from modelfile import load_checked
     from pipeline import model as models_io
     from pipeline.graphs import build, default_cache
@@ -205,7 +205,7 @@ def test_a_dominant_convolution_stays_in_fp32(int8_model, tmp_path, monkeypatch)
     from pipeline import int8 as int8_mod
     from pipeline import model as models_io
     from pipeline.graphs import build_int8, default_cache
-    from runtime import quantize
+    from pipeline import quantize
     model = models_io.load(int8_model["path"])
     nodes = quantize.conv_nodes(os.path.join(
         __import__("pipeline.graphs", fromlist=["build"]).build(

@@ -175,7 +175,7 @@ def test_mvtec_loco_metrics_follow_the_official_definition_on_the_saved_maps(tre
 def test_visa_jpeg_tree_reads_and_masks_are_nonzero_not_255(tmp_path):
     """VisA as shipped: .JPG images; masks with values 1-3, which a >127 rule would miss."""
     from datasets.loading import load_test_item
-    from datasets.transforms import Preprocess
+    from orthoad_runtime.transforms import Preprocess
     generate(str(tmp_path / "v"), ("brick",), n_train=4, n_good=1, n_defect=3, size=64,
              layout="visa", image_format="jpg")
     ds = Dataset(DataOptions(data_path=str(tmp_path / "v")))

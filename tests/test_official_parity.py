@@ -400,7 +400,7 @@ def test_visa_reads_its_published_split_file_as_shipped(tmp_path):
     """Every row into its split and label; CRLF line endings; masks of value 1 and 2 (VisA's
     class indices) mark defects."""
     from datasets.loading import load_test_item
-    from datasets.transforms import Preprocess
+    from orthoad_runtime.transforms import Preprocess
     root = tmp_path / "visa"
     os.makedirs(root / "split_csv")
     (root / "split_csv" / "1cls.csv").write_bytes(("\r\n".join(VISA_ROWS) + "\r\n").encode())

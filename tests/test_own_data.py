@@ -115,7 +115,7 @@ def test_folders_of_one_name_need_a_type_and_parents_say_where_the_images_are(sh
 def test_mask_pairs_rules_and_ambiguities(tmp_path):
     """<stem>_mask.* and a grey <stem>.png beside a photo are masks, a colour PNG beside a
     photo an image of its own; two masks for one image are an error naming the files."""
-    from datasets.mask_pairs import split_masks
+    from orthoad_runtime.mask_pairs import split_masks
     from utils import UserError
     rgb = np.random.default_rng(0).integers(0, 255, (8, 8, 3), dtype=np.uint8)
     grey = np.zeros((8, 8), np.uint8)
@@ -269,7 +269,7 @@ def test_pictures_keep_the_image_aspect_ratio(demo_root, tmp_path):
 
 
 def test_a_verdict_that_disagrees_with_its_regions_says_why():
-    from runtime.predictions import Prediction
+    from orthoad_runtime.predictions import Prediction
     p = Prediction(None, 3.0, "normal", 4.0, 2.5, [{"area": 5}], np.zeros((4, 4)),
                    np.zeros((4, 4)), np.zeros((4, 4), bool))
     line = p.console_line()

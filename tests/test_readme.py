@@ -28,8 +28,10 @@ KEEP_OUT = {".git", ".venv", ".venv-deploy", ".venv-gpu", "output", "demo_data",
 
 
 def readme_commands(text):
-    """('shell', line) for every `python ...` / `curl ...` line of the indented code blocks and
-    ('python', code) for every ```python block, in order; user-data commands left out."""
+    """('shell', line) for every `python ...` / `curl ...` / `orthoad-infer ...` /
+    `orthoad-serve ...` line of the indented code blocks (the installed commands run as the
+    repository's infer.py / serve.py, the same code) and ('python', code) for every ```python
+    block, in order; user-data commands left out."""
     out, fence = [], None
     for line in text.splitlines():
         if fence is not None:
@@ -41,8 +43,9 @@ def readme_commands(text):
             continue
         if line.startswith("```python"):
             fence = []
-        elif re.match(r"^    (python|curl) ", line):
+        elif re.match(r"^    (python|curl|orthoad-infer|orthoad-serve) ", line):
             cmd = line[4:].split("  #")[0].strip()
+            cmd = re.sub(r"^orthoad-(infer|serve) ", r"python \1.py ", cmd)
             if "PATH/TO" not in cmd:
                 out.append(("shell", cmd))
     return out
@@ -90,6 +93,18 @@ def test_flags_reference_equals_the_parsers():
     r = subprocess.run([sys.executable, "tools/flags_reference.py", "--check"], cwd=ROOT,
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_flags_that_had_two_meanings_have_one():
+    """--stats was where train.py computes its statistics and infer.py's deploy.json;
+    --save_maps was eval.py's float32 maps and predict.py's AD 2 server maps: each name now has
+    one meaning in every script that takes it (the former uses answer with the new names)."""
+    sys.path.insert(0, os.path.join(ROOT, "tools"))
+    import flags_reference as ref
+    meanings = ref.meanings([ref.parser_of(m) for m, _, _ in ref.SCRIPTS])
+    assert len(meanings["--stats"]) == 1 and list(meanings["--stats"].values()) == [["infer.py"]]
+    assert len(meanings["--save_maps"]) == 1
+    assert sorted(next(iter(meanings["--save_maps"].values()))) == ["eval.py", "train.py"]
 
 
 def test_readme_commands_run_as_written(tmp_path):

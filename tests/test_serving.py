@@ -23,7 +23,8 @@ import export_model
 import predict
 from bench.serve import png_bomb
 from conftest import ROOT, run_script
-from runtime.detector import Detector
+from orthoad_runtime.detector import Detector
+from pipeline.detectors import from_model_file
 from utils import model_path
 
 
@@ -50,7 +51,7 @@ def _by_path(rows):
 
 @pytest.mark.parametrize("engine", ["dygraph", "onnxruntime"])
 def test_detector_equals_predict_py_outputs(models, tmp_path, engine):
-    """Detector.load on the model file (and on the ONNX export) gives predict.py's scores,
+    """The Detector of the model file (and of the ONNX export) gives predict.py's scores,
     verdicts and regions, from paths, arrays and PIL images alike."""
     rows = predict.main(predict.get_args([
         os.path.dirname(models["images"][0]), "--model_path",
@@ -60,8 +61,9 @@ def test_detector_equals_predict_py_outputs(models, tmp_path, engine):
     files = sorted(ref)
     source = models["run"] / "brick.safetensors" if engine == "dygraph" else \
         models["exports"] / "brick"
-    det = Detector.load(str(source), engine=engine)
-    from datasets.transforms import load_rgb
+    det = from_model_file(str(source), engine=engine) if engine == "dygraph" else \
+        Detector.from_export(str(source))
+    from orthoad_runtime.transforms import load_rgb
     for kind, images in (("path", files), ("array", [load_rgb(f) for f in files]),
                          ("pil", [Image.open(f) for f in files])):
         out = det.predict(images, batch_size=3)
@@ -75,7 +77,7 @@ def test_detector_equals_predict_py_outputs(models, tmp_path, engine):
 
 
 def test_detector_is_thread_safe(models):
-    det = Detector.load(str(models["exports"] / "gravel"))
+    det = Detector.from_export(str(models["exports"] / "gravel"))
     images = models["images"]
     alone = [p.score for p in det.predict(images)]
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
@@ -84,8 +86,8 @@ def test_detector_is_thread_safe(models):
 
 
 def test_onnx_api_imports_no_paddle(models):
-    code = ("import sys; from runtime.detector import Detector; "
-            f"d = Detector.load({str(models['exports'] / 'brick')!r}); "
+    code = ("import sys; from orthoad_runtime import Detector; "
+            f"d = Detector.from_export({str(models['exports'] / 'brick')!r}); "
             f"p = d.predict({models['images'][0]!r}); "
             "print(p.verdict, 'paddle' in sys.modules, any(m.startswith('models.orthoad') "
             "for m in sys.modules))")
@@ -103,12 +105,13 @@ def _free_port():
 
 
 class Server:
-    def __init__(self, model_dir, *extra, python=sys.executable, env=None, script=None):
+    def __init__(self, model_dir, *extra, python=sys.executable, env=None, script=None,
+                 cwd=ROOT):
         self.port = _free_port()
         self.log = open(os.path.join(str(model_dir), f"..{os.sep}serve-{self.port}.log"), "w+")
         self.proc = subprocess.Popen(
             [python, script or os.path.join(ROOT, "serve.py"), "--model_dir", str(model_dir),
-             "--port", str(self.port), "--reload_interval", "0.3", *extra], cwd=ROOT,
+             "--port", str(self.port), "--reload_interval", "0.3", *extra], cwd=cwd,
             stdout=self.log, stderr=subprocess.STDOUT, env=dict(os.environ, **(env or {})))
         deadline = time.time() + 120
         while time.time() < deadline:
@@ -182,7 +185,7 @@ def _multipart(field, name, data):
 
 
 def test_service_answers_like_the_detector(server, models):
-    det = Detector.load(str(models["run"] / "brick.safetensors"))
+    det = from_model_file(str(models["run"] / "brick.safetensors"))
     health = server.get("/health")
     assert health == (200, {"status": "ready", "models": 2, "failed": 0})
     info = server.get("/models")[1]["models"]
@@ -231,7 +234,7 @@ def test_sixteen_concurrent_clients_each_get_their_own_answer(server, models):
     """16 clients, every one sending other images: each answer equals Detector.predict on
     THAT request's image (a batcher that swapped answers within a batch would fail), and the
     requests were batched (mean engine batch above 1.5)."""
-    det = Detector.load(str(models["run"] / "gravel.safetensors"))
+    det = from_model_file(str(models["run"] / "gravel.safetensors"))
     files = models["images"] * 4
     want = {f: det.predict(f).score for f in models["images"]}
     assert len(set(np.round(list(want.values()), 4))) == len(want)      # distinguishable
@@ -305,7 +308,7 @@ def test_a_replaced_model_is_picked_up_without_a_failed_request(models, tmp_path
         tmp = run / ".new"
         shutil.copy(run / "gravel.safetensors", tmp)
         os.replace(tmp, run / "brick.safetensors")
-        new = Detector.load(str(run / "brick.safetensors")).predict(image).score
+        new = from_model_file(str(run / "brick.safetensors")).predict(image).score
         assert abs(new - old) > 1e-3 * abs(old)                 # the two models differ here
         deadline = time.time() + 30
         while time.time() < deadline and abs(srv.post_image(
@@ -502,10 +505,10 @@ def test_slow_senders_hold_no_slot_and_a_normal_request_is_answered(models):
 def test_detector_and_predict_refuse_huge_files_from_their_header(models, tmp_path):
     """The same pixel budget in the Python API and in predict.py: a huge file is refused from
     its header (one line), before it is decoded."""
-    from datasets.transforms import TooManyPixels
+    from orthoad_runtime.transforms import TooManyPixels
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "huge.png").write_bytes(png_bomb(9000, 9000))
-    det = Detector.load(str(models["exports"] / "brick"))
+    det = Detector.from_export(str(models["exports"] / "brick"))
     det.max_pixels = 4096 * 3072
     with pytest.raises(TooManyPixels, match="9000x9000 = 81.0 megapixels"):
         det.predict(str(tmp_path / "in" / "huge.png"))
@@ -555,7 +558,7 @@ def test_the_page_shows_the_verdict_in_a_real_browser(server, models, tmp_path):
         image = next(f for f in models["images"] if "scratch" in f)
         driver.find_element(By.ID, "file").send_keys(image)
         wait.until(ec.visibility_of_element_located((By.ID, "result")))
-        want = Detector.load(str(models["run"] / "brick.safetensors")).predict(image)
+        want = from_model_file(str(models["run"] / "brick.safetensors")).predict(image)
         assert driver.find_element(By.ID, "verdict").text == want.verdict
         assert float(driver.find_element(By.ID, "score").text) == pytest.approx(want.score,
                                                                                 rel=1e-3)
@@ -571,7 +574,7 @@ def test_figure_outline_erosion_equals_scipy():
     """The figure's mask outline uses a NumPy erosion (no SciPy import at a cold start):
     against scipy.ndimage.binary_erosion, the oracle."""
     from scipy import ndimage
-    from runtime.figure import _eroded
+    from orthoad_runtime.figure import _eroded
     rng = np.random.default_rng(0)
     for steps in (1, 2, 3):
         m = rng.random((40, 50)) < 0.7

@@ -54,7 +54,10 @@ def parser_of(module):
 
 
 def _actions(parser):
-    return [a for a in parser._actions if not isinstance(a, argparse._HelpAction)]
+    """The parser's flags, less --help and the hidden ones (former names, flags other scripts
+    have, which answer with a one-line error)."""
+    return [a for a in parser._actions if not isinstance(a, argparse._HelpAction)
+            and a.help is not argparse.SUPPRESS]
 
 
 def _names(action):
@@ -113,7 +116,32 @@ def flags_doc(parsers):
             out.append(f"| `{_names(a)}` | {_cell(_default(a, parser))} | "
                        f"{_values(a, parser)} | {_cell(a.help)} |")
         out.append("")
+    out += by_name(parsers)
     return "\n".join(out)
+
+
+def meanings(parsers):
+    """{flag: {meaning (its help text): [commands]}} over every script."""
+    out = {}
+    for (module, command, purpose), parser in zip(SCRIPTS, parsers):
+        for a in _actions(parser):
+            for flag in a.option_strings:
+                if flag.startswith("--") and a.help is not argparse.SUPPRESS:
+                    out.setdefault(flag, {}).setdefault(_cell(a.help), []).append(command)
+    return out
+
+
+def by_name(parsers):
+    """The flags by name: which scripts take each, and what it means there (one row per
+    meaning: a name used with two meanings shows two rows)."""
+    out = ["## Flags by name", "",
+           "Every flag, the scripts that take it and what it means; a name with two wordings "
+           "has two rows.", "", "| flag | scripts | meaning |", "|---|---|---|"]
+    for flag, by_help in sorted(meanings(parsers).items()):
+        for help_text, commands in by_help.items():
+            out.append(f"| `{flag}` | {', '.join(commands)} | {help_text} |")
+    out.append("")
+    return out
 
 
 def readme_index(parsers):

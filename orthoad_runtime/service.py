@@ -1,4 +1,4 @@
-"""The inspection service's core, apart from HTTP (``runtime/app.py``): the detectors of a folder
+"""The inspection service's core, apart from HTTP (``orthoad_runtime/app.py``): the detectors of a folder
 with their hot reload, the micro-batcher in front of them, the limits, and the metrics.
 
 * ``Registry``: every model of a run folder (``<category>.safetensors``) or of a folder of exports
@@ -26,8 +26,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from datasets.transforms import CAMERA_FRAME
-from utils import UserError
+from orthoad_runtime.transforms import CAMERA_FRAME
+from .errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -56,10 +56,11 @@ class Limits:
     retry_after_s: int = 1
 
 
-def discover(model_dir):
-    """{category: source path} of the models in ``model_dir``: ``<category>.safetensors`` files,
-    export folders ``<category>/`` (with deploy.json), or ``model_dir`` itself as one export.
-    Categories are the files' and folders' names (never values read from them)."""
+def discover(model_dir, model_files=True):
+    """{category: source path} of the models in ``model_dir``: ``<category>.safetensors`` files
+    (with ``model_files``: the repository's serve.py), export folders ``<category>/`` (with
+    deploy.json), or ``model_dir`` itself as one export. Categories are the files' and folders'
+    names (never values read from them)."""
     if not os.path.isdir(model_dir):
         raise UserError(f"--model_dir '{model_dir}' is not a folder: give a run folder "
                         "(output/<method>_<arch>_k<k>) or a folder of exports")
@@ -75,6 +76,12 @@ def discover(model_dir):
     if not found:
         raise UserError(f"no model in '{model_dir}': expected <category>.safetensors files "
                         "(train.py) or export folders with deploy.json (export_model.py)")
+    files = sorted(c for c, p in found.items() if p.endswith(".safetensors"))
+    if files and not model_files:
+        raise UserError(f"'{model_dir}' holds model files ({', '.join(files[:3])}"
+                        f"{' ...' if len(files) > 3 else ''}.safetensors), which need Paddle and "
+                        "the repository: export them (export_model.py --format onnx) and serve "
+                        "the exports, or run the repository's serve.py")
     return found
 
 
@@ -97,10 +104,10 @@ def _signature(path):
 class Registry:
     """The detectors of ``model_dir`` (see the module docstring)."""
 
-    def __init__(self, model_dir, load, metrics=None, show_paths=False):
+    def __init__(self, model_dir, load, metrics=None, show_paths=False, model_files=True):
         self.model_dir, self._load, self.metrics = model_dir, load, metrics
         self.show_paths = show_paths
-        self.sources = discover(model_dir)
+        self.sources = discover(model_dir, model_files)
         self.detectors, self.failures, self._signatures = {}, {}, {}
         self.ready = False
         self._stop = threading.Event()

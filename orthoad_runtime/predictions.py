@@ -14,13 +14,20 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from datasets.ignore import original_map
+from orthoad_runtime.ignore import original_map
 
 OUTPUTS_VERSION = 2
 VERDICT_RULE = ("anomalous when the image score (the largest scored value of the anomaly map) "
                 "> image_threshold")
 REGIONS_RULE = ("8-connected pixels of the map at the image's resolution that are > "
                 "pixel_threshold")
+
+
+def verdict(score, image_threshold):
+    """``VERDICT_RULE``: 'anomalous', 'normal', or 'unknown' without a threshold."""
+    if image_threshold is None:
+        return "unknown"
+    return "anomalous" if score > image_threshold else "normal"
 
 
 def thresholds(meta):
@@ -138,7 +145,7 @@ def make_prediction(preprocess, amap, score, original_hw, thresholds, ignore=Non
     full = original_map(preprocess, amap, original_hw, ignore)
     mask = np.zeros(full.shape, dtype=bool) if pixel_t is None else \
         np.nan_to_num(full, nan=-np.inf) > pixel_t
-    verdict = "unknown" if image_t is None else ("anomalous" if score > image_t else "normal")
     left, top, right, bottom = preprocess.scored_box(original_hw)
-    return Prediction(path, float(score), verdict, image_t, pixel_t, regions(mask, full), amap,
+    return Prediction(path, float(score), verdict(score, image_t), image_t, pixel_t,
+                      regions(mask, full), amap,
                       full, mask, threshold_source, input_image, (bottom - top, right - left))

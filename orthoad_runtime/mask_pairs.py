@@ -16,7 +16,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from utils import UserError
+from .errors import UserError
 
 PHOTO_EXTENSIONS = (".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 

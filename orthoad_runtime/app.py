@@ -1,4 +1,4 @@
-"""The HTTP service (FastAPI): thin routes over ``runtime.service`` and ``runtime.detector``.
+"""The HTTP service (FastAPI): thin routes over ``orthoad_runtime.service`` and ``orthoad_runtime.detector``.
 
     POST /predict?category=C[&mask=true][&overlay=true]   an image as the raw body
          (Content-Type image/png, image/jpeg, ...) or as a multipart field named "image"
@@ -19,8 +19,8 @@ import os
 import time
 from contextlib import asynccontextmanager, contextmanager
 
-from datasets.transforms import TooManyPixels, check_pixels, open_header
-from utils import UserError
+from orthoad_runtime.transforms import TooManyPixels, check_pixels, open_header
+from .errors import UserError
 
 from .images import b64, mask_png, overlay_png
 from .service import Batcher, Limits, Metrics, QueueFull, Registry
@@ -34,15 +34,15 @@ class _TooLarge(Exception):
     pass
 
 
-def create_app(model_dir, engine="auto", threads=None, limits=None, load=None, api_keys=None,
-               show_paths=False, weights=None):
+def create_app(model_dir, threads=None, limits=None, load=None, api_keys=None,
+               show_paths=False):
     """The FastAPI application serving every model of ``model_dir``.
 
     Args:
-        load: ``path -> Detector`` (default ``Detector.load`` on ``engine`` / ``threads``).
-        api_keys: a ``runtime.access.ApiKeys`` (None: no access control).
+        load: ``path -> Detector`` (default: ``Detector.from_export`` on ``threads``; the
+            repository's serve.py passes one that opens model files too).
+        api_keys: an ``orthoad_runtime.access.ApiKeys`` (None: no access control).
         show_paths: /models shows the models' file paths (default: names and SHA-256 only).
-        weights: backbone weights of model files (``--weights``).
     """
     from fastapi import FastAPI, Request
     from fastapi.responses import HTMLResponse, JSONResponse, Response
@@ -50,18 +50,15 @@ def create_app(model_dir, engine="auto", threads=None, limits=None, load=None, a
     from .detector import Detector
     limits = limits or Limits()
     metrics = Metrics()
-
-    def default_load(path):
-        d = Detector.load(path, engine=engine, threads=threads, batch_size=limits.max_batch,
-                          **({"weights": weights} if weights else {}))
-        return d
-    base_load = load or default_load
+    base_load = load or (lambda path: Detector.from_export(path, threads=threads,
+                                                           batch_size=limits.max_batch))
 
     def load_limited(path):
         d = base_load(path)
         d.max_pixels = limits.max_pixels
         return d
-    registry = Registry(model_dir, load_limited, metrics, show_paths)
+    registry = Registry(model_dir, load_limited, metrics, show_paths,
+                        model_files=load is not None)
     batcher = Batcher(limits, metrics)
 
     @asynccontextmanager
@@ -248,17 +245,21 @@ def _keep_signal_handlers():
                     pass
 
 
-def app_from_environment():
-    """The application described by ``ORTHOAD_SERVE`` (JSON written by serve.py), for uvicorn's
-    worker processes (``--workers N``), each of which builds its own."""
+def environment():
+    """The service's configuration from ``ORTHOAD_SERVE`` (JSON written by the serve command)."""
     import json
-    cfg = json.loads(os.environ["ORTHOAD_SERVE"])
-    from utils import setup_logging
+    return json.loads(os.environ["ORTHOAD_SERVE"])
+
+
+def app_from_environment(load=None):
+    """The application described by ``ORTHOAD_SERVE``, for uvicorn's worker processes
+    (``--workers N``), each of which builds its own; ``load`` as in ``create_app``."""
+    cfg = environment()
+    from .util import setup_logging
     setup_logging()
     keys = None
     if cfg.get("api_key_file"):
         from .access import ApiKeys
         keys = ApiKeys(cfg["api_key_file"])
-    return create_app(cfg["model_dir"], cfg["engine"], cfg["threads"], Limits(**cfg["limits"]),
-                      api_keys=keys, show_paths=cfg.get("show_paths", False),
-                      weights=cfg.get("weights"))
+    return create_app(cfg["model_dir"], cfg["threads"], Limits(**cfg["limits"]), load=load,
+                      api_keys=keys, show_paths=cfg.get("show_paths", False))

@@ -19,7 +19,7 @@ import os
 
 import numpy as np
 
-from utils import UserError
+from .errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +38,8 @@ def _importable(name):
 
 
 def gpu_available():
+    from .paddle_env import configure_paddle
+    configure_paddle()
     import paddle
     return paddle.device.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0
 
@@ -86,6 +88,8 @@ class PaddleInferenceGraph:
     """
 
     def __init__(self, model_file, params_file, threads=None, mkldnn=True, use_gpu=False):
+        from .paddle_env import configure_paddle
+        configure_paddle()                       # before Paddle loads (a line PC's process)
         from paddle import inference
         config = inference.Config(model_file, params_file)
         if use_gpu:

@@ -1,5 +1,5 @@
 """What a production line consumes from a prediction, written to files the same way for every
-engine and caller (predict.py, infer.py; the records come from ``runtime.predictions``):
+engine and caller (predict.py, infer.py; the records come from ``orthoad_runtime.predictions``):
 
 * ``masks/<name>.png``: the binary defect mask at the image's resolution (0 / 255);
 * ``regions/<name>.json``: the image's result record (score, relative score, verdict,
@@ -16,7 +16,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from utils import atomic_path, ensure_dir, write_json
+from .util import atomic_path, ensure_dir, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -99,11 +99,11 @@ class PredictionWriter:
         self.rows = []
         self._table = None
         if table:
-            from utils import CsvLog
+            from .util import CsvLog
             self._table = CsvLog(os.path.join(out_dir, "predictions.csv"), self.CSV_COLUMNS)
 
     def add(self, p):
-        """Write the outputs of one ``runtime.predictions.Prediction``; return its row."""
+        """Write the outputs of one ``orthoad_runtime.predictions.Prediction``; return its row."""
         record = p.record()
         row = {k: record[k] for k in ("score", "relative_score", "verdict", "n_regions",
                                       "largest_region_area")}
@@ -117,7 +117,7 @@ class PredictionWriter:
             row["server_map"] = write_server_map(root, category, split, path, p.full_map,
                                                  p.pixel_threshold, name)
         if self.save_pic:
-            from runtime.figure import save_prediction_figure
+            from orthoad_runtime.figure import save_prediction_figure
             row["picture"] = save_prediction_figure(
                 os.path.join(ensure_dir(self.out_dir), f"{name}.png"), p, self.display, name)
         self.rows.append(row)

@@ -1,19 +1,20 @@
-"""The detector as one object: load once, predict many. predict.py, infer.py, the HTTP service
+"""The detector as one object: load once, predict many. infer.py, predict.py, the HTTP service
 and user code all call it.
 
-    from runtime.detector import Detector
-    detector = Detector.load("output/export_onnx/brick")         # or a .safetensors model file
+    from orthoad_runtime import Detector
+    detector = Detector.from_export("export/brick")
     for p in detector.predict(["a.png", "b.png"]):
         print(p.path, p.score, p.verdict, len(p.regions))
 
-``Detector.load`` takes a model file (``<category>.safetensors``: run on ``--engine``'s choice,
-dygraph / Paddle Inference / ONNX Runtime, with the backbone rebuilt from its weights) or an
-export (a folder with deploy.json, or its ``model.onnx`` / ``model.json`` / ``model.pdmodel``:
-ONNX Runtime or Paddle Inference, the files' SHA-256 checked against deploy.json). An ONNX
-export needs neither Paddle nor ``models/``: nothing here imports them on that path.
+``Detector.from_export`` takes an export (a folder with deploy.json, or its ``model.onnx`` /
+``model_int8.onnx`` / ``model.json`` / ``model.pdmodel``): ONNX Runtime or Paddle Inference,
+the files' SHA-256 checked against deploy.json. An ONNX export needs no Paddle. In the
+repository, ``pipeline.detectors.from_model_file`` builds the same object from a model file
+(the backbone rebuilt from its weights, on any engine).
 
-``predict`` takes image paths, PIL images or uint8 arrays, in batches; it is thread-safe (the
-engine runs under a lock; decoding and post-processing do not). Its stages are public for
+``predict`` takes image paths, PIL images, uint8 arrays (HxW, HxWx3, HxWx4), a list of them or
+an NxHxWx3 array, in batches; it is thread-safe (the engine runs under a lock; decoding and
+post-processing do not; the timing counters under their own). Its stages are public for
 callers that batch across requests (the service): ``prepare`` (decode + pre-process),
 ``score`` (one engine run over prepared images) and ``finish`` (map back to the image, mask,
 regions).
@@ -27,10 +28,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from datasets.ignore import apply_ignore, combine, load_ignore_mask
-from datasets.transforms import PREDICT_MAX_PIXELS, Preprocess, check_pixels, to_rgb
-from schema import ModelFileError, check_deploy, decode_mask
-from utils import UserError, sha256_file
+from orthoad_runtime.ignore import apply_ignore, combine, load_ignore_mask
+from orthoad_runtime.transforms import PREDICT_MAX_PIXELS, Preprocess, check_pixels, to_rgb
+from .errors import ModelFileError
+from .schema import check_deploy, decode_mask
+from .errors import UserError
+from .util import sha256_file
 
 from .predictions import make_prediction, thresholds
 
@@ -85,7 +88,7 @@ def read_deploy(graph, params=None, stats=None):
     """Check an export's files and read its deploy.json: every file the engine will load
     (graph, parameters, ONNX external data) must match its SHA-256 there. Returns (deploy dict,
     parameters file or None)."""
-    from modelfile import is_pickle
+    from .util import is_pickle
     if not os.path.isfile(graph):
         raise UserError(f"the exported graph '{graph}' does not exist: run export_model.py "
                         "first")
@@ -161,29 +164,44 @@ class Detector:
         return self.meta.get("precision", "fp32")
 
     @classmethod
-    def load(cls, path, engine="auto", threads=None, use_gpu=False, mkldnn=True, weights=None,
-             params_file=None, deploy_file=None, batch_size=8):
-        """A model file (.safetensors) or an export (folder, model.onnx, model.json or
-        model.pdmodel, with deploy.json beside it or given)."""
-        if not os.path.exists(path):
-            raise UserError(f"'{path}' does not exist: give a model file (.safetensors) or an "
-                            "export folder (export_model.py)")
-        is_export = os.path.isdir(path) or path.lower().endswith(GRAPH_NAMES)
-        if is_export:
-            return cls._from_export(path, threads, use_gpu, mkldnn, params_file, deploy_file,
-                                    batch_size)
-        return cls._from_model_file(path, engine, threads, weights, batch_size)
+    def from_export(cls, path, threads=None, use_gpu=False, mkldnn=None, params_file=None,
+                    deploy_file=None, batch_size=8, max_pixels=PREDICT_MAX_PIXELS):
+        """An export: a folder, or its graph file (model.onnx, model_int8.onnx, model.json or
+        model.pdmodel) with deploy.json beside it or given.
 
-    @classmethod
-    def _from_export(cls, path, threads, use_gpu, mkldnn, params_file, deploy_file, batch_size):
+        Args:
+            threads: engine threads (default: every CPU). use_gpu: on GPU 0.
+            mkldnn: Paddle Inference's oneDNN kernels (default on; a Paddle graph only: an
+                error for an ONNX export, where it does not apply).
+            params_file: model.pdiparams of a Paddle graph (default: beside it; an error for
+                an ONNX export). deploy_file: deploy.json (default: beside the graph).
+            batch_size: images per engine run in ``predict``.
+            max_pixels: images above it are refused from their header.
+        """
         from .engines import OnnxRuntimeGraph, PaddleInferenceGraph, map_and_score
+        if not os.path.exists(path):
+            raise UserError(f"'{path}' does not exist: give an export folder (export_model.py) "
+                            "or its model.onnx / model.json")
+        if not (os.path.isdir(path) or path.lower().endswith(GRAPH_NAMES)):
+            from .util import is_pickle
+            if is_pickle(path):
+                raise UserError(f"'{path}' is a Python pickle, which could run code when "
+                                "loaded: pass the export's files (export_model.py)")
+            raise UserError(f"'{path}' is not an export (a folder with deploy.json, or its "
+                            f"{' / '.join(GRAPH_NAMES)}): a model file (.safetensors) needs the "
+                            "repository (pipeline.detectors.from_model_file), or export it "
+                            "with export_model.py")
         _, graph_file, stats = _deploy_of(path, deploy_file)
         deploy, params = read_deploy(graph_file, params_file, stats)
         pre = Preprocess.from_config(deploy["preprocess"])
         if deploy["format"] == "onnx":
+            if params_file is not None or mkldnn is not None:
+                raise UserError(f"'{graph_file}' is an ONNX export: params_file and mkldnn "
+                                "belong to Paddle graphs; leave them out")
             graph, engine = OnnxRuntimeGraph(graph_file, threads, use_gpu), "onnxruntime"
         else:
-            graph = PaddleInferenceGraph(graph_file, params, threads, mkldnn, use_gpu)
+            graph = PaddleInferenceGraph(graph_file, params, threads,
+                                         True if mkldnn is None else mkldnn, use_gpu)
             engine = "inference"
         ignore = decode_mask(deploy["ignore_mask"]) if deploy.get("ignore_mask") else None
         meta = dict(deploy["model"], threshold=deploy.get("threshold"),
@@ -192,17 +210,10 @@ class Detector:
             engine = "onnxruntime int8"
         source = {"kind": "export", "format": deploy["format"], "graph": graph_file,
                   "deploy": stats, "sha256": deploy["graph_sha256"]}
-        return cls(lambda x: map_and_score(graph.run({"image": x})), pre, meta, engine,
-                   thresholds(deploy), ignore, deploy.get("display"), source, batch_size)
-
-    @classmethod
-    def _from_model_file(cls, path, engine, threads, weights, batch_size):
-        from pipeline import model as models_io
-        model = models_io.load(path, None, weights).use_engine(engine, None, threads)
-        source = {"kind": "model file", "path": path, "sha256": sha256_file(path)}
-        return cls(model.run, model.preprocess, model.meta, model.engine,
-                   thresholds(model.meta), model.ignore, model.meta.get("display"),
-                   source, batch_size)
+        d = cls(lambda x: map_and_score(graph.run({"image": x})), pre, meta, engine,
+                thresholds(deploy), ignore, deploy.get("display"), source, batch_size)
+        d.max_pixels = max_pixels
+        return d
 
     # ------------------------------------------------------------------ properties
 
@@ -297,7 +308,7 @@ class Detector:
                      on_prepared=None):
         """Yield a ``Prediction`` per image, in order, scored in batches (decoding runs ahead in
         threads). ``on_prepared(prepared)`` is called on each image before it is scored."""
-        from datasets.loading import prefetch_batches
+        from .prefetch import prefetch_batches
         ignore = self.ignore_mask(ignore_mask)
         items = list(images) if not isinstance(images, list) else images
         size = batch_size or self.batch_size
@@ -310,16 +321,15 @@ class Detector:
                 yield self.finish(p, amap, float(s), ignore)
 
     def predict(self, images, ignore_mask=None, batch_size=None, keep_input=False):
-        """A list of ``Prediction`` for ``images`` (a list, or one image)."""
+        """``Prediction``s: one for one image (a path, a PIL image, an HxW or HxWxC array), a
+        list for a list (or tuple) of them or for an NxHxWx3 array (N images)."""
+        if isinstance(images, np.ndarray) and (images.ndim == 4 or (
+                images.ndim == 3 and images.shape[-1] not in (3, 4))):
+            images = list(images)                      # N images (colour, or N grey HxW)
         one = not isinstance(images, (list, tuple))
         out = list(self.predict_iter([images] if one else list(images), ignore_mask,
                                      batch_size, keep_input))
         return out[0] if one else out
 
 
-def load(path, **kwargs):
-    """``Detector.load``."""
-    return Detector.load(path, **kwargs)
-
-
-__all__ = ["Detector", "Prepared", "load", "ModelFileError"]
+__all__ = ["Detector", "Prepared", "ModelFileError"]

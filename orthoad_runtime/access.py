@@ -13,7 +13,7 @@ import os
 import threading
 import time
 
-from utils import UserError
+from .errors import UserError
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import os
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from utils import UserError
+from .errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -316,7 +316,7 @@ def image_size(path):
 
 def list_inputs(path):
     """An image file or a folder of images -> sorted list of image paths (UserError if none);
-    masks beside the images (``datasets.mask_pairs``) are left out."""
+    masks beside the images (``orthoad_runtime.mask_pairs``) are left out."""
     if os.path.isdir(path):
         from .mask_pairs import split_masks
         files = sorted(os.path.join(path, f) for f in os.listdir(path)

@@ -81,7 +81,7 @@ def prediction_figure(prediction, meta, name=""):
 
 
 def save_prediction_figure(path, prediction, meta, name=""):
-    from utils import atomic_path
+    from .util import atomic_path
     with atomic_path(path) as tmp:
         prediction_figure(prediction, meta, name).save(tmp, format="PNG")
     return path

@@ -116,27 +116,3 @@ def conv_nodes(src):
     with tempfile.TemporaryDirectory(prefix="orthoad.nodes.") as work:
         graph = onnx.load(_prepared(src, work)).graph
     return [n.name for n in graph.node if n.op_type == "Conv"]
-
-
-def check_fp32_nodes(nodes, where):
-    """The stored list of convolutions kept in float32: plain node names."""
-    from schema import ModelFileError
-    if not isinstance(nodes, list) or not all(isinstance(n, str) and 0 < len(n) <= 200
-                                              for n in nodes):
-        raise ModelFileError(f"{where} holds a malformed list of float32 convolutions: fit it "
-                             "again with train.py --precision int8")
-    return nodes
-
-
-def check_ranges(ranges, where):
-    """The stored ranges table: {name: [min, max]} with finite min <= max (a ModelFileError
-    naming ``where`` otherwise; see schema.py)."""
-    from schema import ModelFileError
-    ok = isinstance(ranges, dict) and ranges and all(
-        isinstance(k, str) and isinstance(v, list) and len(v) == 2 and all(
-            isinstance(x, (int, float)) and not isinstance(x, bool) and np.isfinite(x)
-            for x in v) and v[0] <= v[1] for k, v in ranges.items())
-    if not ok:
-        raise ModelFileError(f"{where} holds no valid int8 calibration ranges: fit it again "
-                             "with train.py --precision int8")
-    return ranges

@@ -13,7 +13,7 @@ import logging
 import numpy as np
 from PIL import Image
 
-from utils import UserError
+from .errors import UserError
 
 from .transforms import load_mask
 
@@ -80,7 +80,7 @@ def original_map(preprocess, amap, original_hw, ignore=None):
 
 
 def encode_mask(mask):
-    """bool [H, W] -> base64 PNG text (for deploy.json; ``schema.decode_mask`` reads it)."""
+    """bool [H, W] -> base64 PNG text (for deploy.json; ``orthoad_runtime.schema.decode_mask`` reads it)."""
     buf = io.BytesIO()
     Image.fromarray(mask.astype(np.uint8) * 255).save(buf, format="PNG")
     return base64.b64encode(buf.getvalue()).decode("ascii")

@@ -3,8 +3,8 @@ model file) and infer.py (an export) both do, in one place."""
 import logging
 import os
 
-from datasets.transforms import AspectWarnings, batch_for
-from outputs import PredictionWriter
+from orthoad_runtime.transforms import AspectWarnings, batch_for
+from orthoad_runtime.outputs import PredictionWriter
 
 logger = logging.getLogger(__name__)
 
