@@ -72,6 +72,13 @@ def get_args(argv=None):
                    help="hostile soak of serve.py: this many requests mixing good images, "
                         "garbage, 169-megapixel PNG bombs, unknown categories and slow senders "
                         "(peak RSS, answers by status, p50 / p99 of the good ones), e.g. 10000")
+    p.add_argument("--patchcore", type=str, default="",
+                   help="PatchCore next to OrthoAD: comma-separated arch:ratio[:n_train] "
+                        "(fit with feature pass and coreset, evaluation img/s, latency, model "
+                        "size, peak RSS), e.g. wide_resnet50_2:0.1:200,resnet18:0.1:476")
+    p.add_argument("--patchcore_growth", type=str, default="",
+                   help="with --patchcore: coreset selection time for these numbers of "
+                        "training images (first entry's arch and ratio), e.g. 50,100,200,400")
     p.add_bool("--cold_start", False, "time each script's cold start on one image, and a fit "
                "in a new run folder with and without the user's graph cache")
     p.add_argument("--readers", type=int, default=0,
@@ -455,6 +462,12 @@ def main(args):
     if args.soak > 0:
         from bench.serve import bench_soak
         soak = bench_soak(work, args.soak)
+    patchcore = None
+    if args.patchcore:
+        from bench.patchcore import bench_patchcore, parse
+        growth = [int(v) for v in args.patchcore_growth.split(",") if v]
+        patchcore = bench_patchcore(parse(args.patchcore, args.n_train), work, args.n_test,
+                                    args.size, args.batch_size, growth)
     if args.cold_start:
         from bench.cold_start import bench_cold_start, bench_new_run_folder
         cold = {"scripts": bench_cold_start(work), "new_run_folder": bench_new_run_folder(work)}
@@ -474,7 +487,7 @@ def main(args):
         results.append(res)
     hires = [row for s in args.hires.split(",") if s for row in bench_hires(s, work, args)]
     out = {"results": results, "hires": hires, "readers": readers, "serve": serve,
-           "precision": precision, "soak": soak,
+           "precision": precision, "soak": soak, "patchcore": patchcore,
            "cold_start": cold,
            "setup": {"n_train": args.n_train, "n_test": args.n_test, "size": args.size,
                      "batch_size": args.batch_size, "cpus": os.cpu_count()}}
@@ -489,6 +502,9 @@ def main(args):
         print(soak_markdown(soak))
     if cold:
         print(cold_markdown(cold))
+    if patchcore:
+        from bench.patchcore import markdown as patchcore_markdown
+        print(patchcore_markdown(patchcore))
     print(f"\nJSON in {args.out}")
     if not args.work_dir:
         shutil.rmtree(work, ignore_errors=True)

@@ -10,6 +10,8 @@ from models.projection import PROJECTIONS
 from orthoad_runtime.prediction_args import check_precision
 from utils import UserError, positive_int
 
+METHODS = sorted(PROJECTIONS) + ["patchcore"]
+
 
 def add_data_args(parser):
     """Where the data is and in which layout (see ``datasets.layouts``)."""
@@ -37,15 +39,26 @@ def add_data_args(parser):
 
 def add_model_args(parser, fitting):
     """Flags that identify a model (and, when ``fitting``, how to fit it)."""
-    parser.add_argument("--method", type=str, default="ortho", choices=sorted(PROJECTIONS),
+    parser.add_argument("--method", type=str, default="ortho", choices=METHODS,
                         help="ortho: semi-orthogonal projection (OrthoAD); sample: random "
-                             "channel subset (PaDiM)")
+                             "channel subset (PaDiM); patchcore: memory bank of patch features "
+                             "(PatchCore, docs/patchcore.md)")
     parser.add_argument("--arch", type=str, default="resnet18", choices=sorted(ARCHS),
                         help="backbone")
-    parser.add_argument("--k", type=int, default=100, help="projected dimension")
+    parser.add_argument("--k", type=int, default=100,
+                        help="projected dimension (ortho, sample)")
+    parser.add_argument("--coreset_ratio", type=float, default=0.1,
+                        help="patchcore: share of the training patches kept in the memory bank "
+                             "by greedy coreset selection (the paper's 10 %%; 0.01 selects about "
+                             "8x and scores 2-5x faster)")
     parser.add_argument("--save_path", type=str, default="./output",
-                        help="root of the model folders <method>_<arch>_k<k>/")
+                        help="root of the model folders <method>_<arch>_k<k>/ (patchcore: "
+                             "patchcore_<arch>_c<coreset percent>/)")
     if fitting:
+        parser.add_argument("--patchcore_dim", type=positive_int, default=1024,
+                            help="patchcore: dimension D of the patch features (layer2 + layer3 "
+                                 "averaged down to it; at most their channels: 384 for "
+                                 "resnet18, 1536 for wide_resnet50_2)")
         parser.add_argument("--seed", type=int, default=0, help="seed of the projection, the "
                             "hold-out split and random backbone weights")
         parser.add_argument("--input_size", type=str, nargs="+", default=["auto"],
@@ -191,14 +204,39 @@ def check_common(args):
     seed = getattr(args, "seed", 0)
     if not 0 <= seed <= 2 ** 32 - 1:
         raise UserError(f"--seed {seed} is out of range: use 0 .. 4294967295")
-    if args.k < 1:
+    explicit = getattr(args, "explicit", set())
+    if args.method == "patchcore":
+        _check_patchcore(args)
+    elif {"coreset_ratio", "patchcore_dim"} & explicit:
+        flag = sorted({"coreset_ratio", "patchcore_dim"} & explicit)[0]
+        raise UserError(f"--{flag} belongs to --method patchcore, not {args.method}: leave it "
+                        "out, or pass --method patchcore")
+    elif args.k < 1:
         raise UserError(f"--k {args.k} is out of range: it must be at least 1")
-    if args.arch in ARCHS and args.k > feature_dim(args.arch):
+    elif args.arch in ARCHS and args.k > feature_dim(args.arch):
         raise UserError(f"--k {args.k} is larger than the feature dimension "
                         f"{feature_dim(args.arch)} of {args.arch}: choose --k <= "
                         f"{feature_dim(args.arch)}")
     if getattr(args, "batch_size", 1) < 1:
         raise UserError(f"--batch_size {args.batch_size} must be at least 1")
+
+
+PATCHCORE_REFUSES = {"k": "--k is the projected dimension of ortho and sample; PatchCore's is "
+                          "--patchcore_dim",
+                     "cell": "--cell groups positions of a Gaussian; PatchCore has none",
+                     "eps": "--eps is the covariance ridge; PatchCore has no covariance",
+                     "save_sums": "--save_sums stores a Gaussian's sums; PatchCore has none",
+                     "stats_device": "--stats_device places the Gaussian's statistics; PatchCore "
+                                     "has none"}
+
+
+def _check_patchcore(args):
+    if not 0 < args.coreset_ratio <= 1:
+        raise UserError(f"--coreset_ratio {args.coreset_ratio} is out of range: give a share in "
+                        "(0, 1], e.g. 0.1 (the paper) or 0.01")
+    for key, why in PATCHCORE_REFUSES.items():
+        if key in getattr(args, "explicit", set()) and getattr(args, key, None) is not False:
+            raise UserError(f"{why}: leave --{key} out with --method patchcore")
 
 
 def apply_threads(args):
@@ -221,7 +259,9 @@ def run_info(args, weights_source, engine=None):
     """Facts about a run for the report's header."""
     info = {"command": " ".join(os.path.basename(a) if i == 0 else a
                                 for i, a in enumerate(sys.argv)),
-            "method / arch / k": f"{args.method} / {args.arch} / {args.k}",
+            "method / arch / k": f"{args.method} / {args.arch} / coreset "
+                                 f"{100 * args.coreset_ratio:g} %" if args.method == "patchcore"
+                                 else f"{args.method} / {args.arch} / {args.k}",
             "backbone weights": weights_source}
     if engine:
         info["engine"] = engine
@@ -231,19 +271,42 @@ def run_info(args, weights_source, engine=None):
     return info
 
 
-MODEL_FLAGS = ("method", "arch", "k", "resize", "crop_size", "category")
+MODEL_FLAGS = ("method", "arch", "k", "coreset_ratio", "resize", "crop_size", "category")
+
+
+def run_folder(args):
+    """``<save_path>/<method>_<arch>_k<k>/`` (PatchCore: ``patchcore_<arch>_c<percent>/``)."""
+    from utils import run_dir
+    return run_dir(args.save_path, args.method, args.arch, args.k, args.coreset_ratio)
+
+
+def category_model(args, category):
+    """The model file of ``category`` in ``run_folder(args)``."""
+    from utils import model_path
+    return model_path(args.save_path, args.method, args.arch, args.k, category,
+                      args.coreset_ratio)
 
 
 def model_file(args, verb):
     """The model file a script works on: ``--model_path``, or ``--category`` under
     ``--save_path`` in ``<method>_<arch>_k<k>/``."""
-    from utils import model_path
     if getattr(args, "model_path", None):
         return args.model_path
     if not getattr(args, "category", None):
         raise UserError(f"say which model to {verb}: --model_path FILE or --category NAME "
                         "(with --save_path, --method, --arch, --k)")
-    return model_path(args.save_path, args.method, args.arch, args.k, args.category)
+    return category_model(args, args.category)
+
+
+def _meta_value(meta, key):
+    if key == "coreset_ratio":
+        return (meta.get("patchcore") or {}).get("coreset_ratio")
+    return meta.get(key)
+
+
+def _names_folder(key, method):
+    """Whether ``key`` is part of the run folder's name for ``method``."""
+    return key in ("method", "arch") + (("coreset_ratio",) if method == "patchcore" else ("k",))
 
 
 def check_model_flags(args, meta, path):
@@ -258,17 +321,20 @@ def check_model_flags(args, meta, path):
         raise UserError(f"--{'pretrained' if pretrained else 'no-pretrained'} contradicts the "
                         f"model file '{path}' (fitted with {meta.get('weights_source')} "
                         "weights): leave it out, the file says which weights its backbone has")
+    patchcore = meta.get("method") == "patchcore"
     for key in MODEL_FLAGS:
         if not hasattr(args, key) or getattr(args, key) is None:
             continue
+        if (key == "k" and patchcore) or (key == "coreset_ratio" and not patchcore):
+            continue                         # not a property of this method's models
         by_path = bool(getattr(args, "model_path", None))
         if key == "category" and not by_path:
             continue                         # a derived path: the category named the file
-        given = key in explicit or (not by_path and key in ("method", "arch", "k"))
-        if given and meta.get(key) != getattr(args, key):
+        given = key in explicit or (not by_path and _names_folder(key, args.method))
+        if given and _meta_value(meta, key) != getattr(args, key):
             raise UserError(f"--{key} {getattr(args, key)} contradicts the model file '{path}' "
-                            f"({key}={meta.get(key)}): leave --{key} out (the file says what "
-                            "it is) or open another model")
+                            f"({key}={_meta_value(meta, key)}): leave --{key} out (the file "
+                            "says what it is) or open another model")
 
 
 def open_model(args, verb):

@@ -7,8 +7,7 @@ import logging
 import os
 import sys
 
-from utils import (ArgumentParser, UserError, ensure_dir, model_path, run_cli,  # first: quiets Paddle
-                   run_dir)
+from utils import ArgumentParser, UserError, ensure_dir, run_cli  # first: quiets Paddle
 import cli  # noqa: E402
 from datasets.layouts import data_options, open_data  # noqa: E402
 from modelfile import read_meta  # noqa: E402
@@ -47,13 +46,12 @@ def main(args):
     if args.model_path and len(categories) != 1:
         raise UserError("--model_path holds one category's model: pass --category NAME too")
     out_dir = ensure_dir(os.path.dirname(os.path.abspath(args.model_path)) if args.model_path
-                         else run_dir(args.save_path, args.method, args.arch, args.k))
+                         else cli.run_folder(args))
     threads = cli.apply_threads(args)
     opts = eval_options(args, out_dir)
     results = None
     for category in categories:
-        path = args.model_path or model_path(args.save_path, args.method, args.arch, args.k,
-                                             category)
+        path = args.model_path or cli.category_model(args, category)
         model = models_io.load(path, None, args.weights)
         cli.check_model_flags(args, model.meta, path)
         cli.check_precision(args.precision, model.precision, f"model '{path}'")
@@ -74,7 +72,7 @@ def _split_seed(args):
     read from the model, so that evaluation tests exactly the images the fit never saw."""
     opts = data_options(args)
     name = args.category
-    path = args.model_path or model_path(args.save_path, args.method, args.arch, args.k, name)
+    path = args.model_path or cli.category_model(args, name)
     split = ((read_meta(path).get("data") or {}).get("normal_split")) or {}
     if not isinstance(split.get("seed"), int) or split.get("fraction") != opts.normal_split:
         raise UserError(f"model '{path}' was not fitted with --normal_split "

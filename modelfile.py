@@ -35,6 +35,7 @@ FORMAT_VERSION = 2
 MODEL_EXT = ".safetensors"
 LEGACY_EXT = ".pdparams"
 REQUIRED_ARRAYS = ("projection", "mean", "precision")
+PATCHCORE_ARRAYS = ("bank",)
 
 DTYPES = {"F32": np.float32, "F64": np.float64, "I32": np.int32, "I64": np.int64,
           "U8": np.uint8, "BOOL": np.bool_}
@@ -191,15 +192,16 @@ def load_model(path, expect=None, names=None):
     if version > FORMAT_VERSION:
         raise ModelFileError(f"model file '{path}' has format version {version}, newer than "
                              f"this code's {FORMAT_VERSION}: update OrthoAD-Paddle")
-    missing = [n for n in REQUIRED_ARRAYS if n not in arrays and (names is None or n in names)]
-    if missing:
-        raise ModelFileError(f"model file '{path}' lacks {', '.join(missing)}: fit it again")
     try:
         meta = json.loads(file_meta["meta"])
     except (ValueError, RecursionError):
         raise _bad(path, "its metadata is not JSON") from None
     if not isinstance(meta, dict):
         raise _bad(path, "its metadata is not a JSON object")
+    required = PATCHCORE_ARRAYS if meta.get("method") == "patchcore" else REQUIRED_ARRAYS
+    missing = [n for n in required if n not in arrays and (names is None or n in names)]
+    if missing:
+        raise ModelFileError(f"model file '{path}' lacks {', '.join(missing)}: fit it again")
     for key, value in (expect or {}).items():
         if value is not None and meta.get(key) != value:
             raise ModelFileError(f"model file '{path}' was made with {key}={meta.get(key)}, not "

@@ -25,7 +25,7 @@ import re
 
 import numpy as np
 
-from models.archs import CHANNELS
+from models.archs import CHANNELS, patchcore_dim, patchcore_grid
 from orthoad_runtime.errors import ModelFileError
 from orthoad_runtime.schema import MAX_SIDE, SHA256, Checker, geometry, thresholds
 
@@ -34,7 +34,8 @@ __all__ = ["ModelFileError", "check_meta", "check_arrays", "check_model", "check
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("ortho", "sample")
+METHODS = ("ortho", "sample", "patchcore")
+MAX_NEIGHBOURS = 64
 EPS_RANGE = (1e-6, 1e6)
 MEAN_BOUND = 1e6
 MAX_SEED = 2 ** 32 - 1
@@ -73,12 +74,13 @@ def check_meta(path, meta):
     c = Checker(path)
     if not isinstance(meta, dict):
         raise c.fail("has metadata that is not a JSON object")
-    c.choice(meta, "method", METHODS)
+    method = c.choice(meta, "method", METHODS)
     arch = c.choice(meta, "arch", tuple(CHANNELS))
     f = sum(CHANNELS[arch])
     k = c.int(meta, "k", 1, f)
     c.name(meta, "category")
-    c.number(meta, "eps", *EPS_RANGE)
+    if method != "patchcore":
+        c.number(meta, "eps", *EPS_RANGE)
     source = meta.get("weights_source")
     seed = re.match(r"^random:seed=(\d{1,10})$", source) if isinstance(source, str) else None
     if not isinstance(source, str) or not (source.startswith(("imagenet:", "file:")) or (
@@ -94,6 +96,9 @@ def check_meta(path, meta):
         raise c.fail(f"has feature_dim {meta['feature_dim']}, but {arch} gives {f}")
     thresholds(c, meta)
     (h, w), _, _ = geometry(c, meta)
+    _common(c, meta, path)
+    if method == "patchcore":
+        return _patchcore(c, meta, arch, k, (h, w))
     grid = (-(-h // 4), -(-w // 4))
     if meta.get("grid") is not None and c.pair(meta, "grid") != grid:
         raise c.fail(f"has a {meta['grid']} patch grid, but its {h}x{w} input gives "
@@ -104,6 +109,11 @@ def check_meta(path, meta):
         raise c.fail(f"has n_cells {meta['n_cells']}, but its grid and cells give {n_cells}")
     if meta.get("sums") is not None:
         c.int(c.dict(meta, "sums"), "n_images", 2)
+    return f, k, n_cells, (h, w)
+
+
+def _common(c, meta, path):
+    """What every method's metadata may hold: image digests, the int8 record."""
     if meta.get("digests") is not None:
         _digests(c, c.dict(meta, "digests"))
     if meta.get("precision", "fp32") != "fp32":
@@ -111,7 +121,23 @@ def check_meta(path, meta):
         int8 = meta.get("int8") if isinstance(meta.get("int8"), dict) else {}
         check_ranges(int8.get("ranges"), f"model file '{path}'")
         check_fp32_nodes(int8.get("fp32_nodes", []), f"model file '{path}'")
-    return f, k, n_cells, (h, w)
+
+
+def _patchcore(c, meta, arch, k, input_hw):
+    """PatchCore's record: D from --patchcore_dim and the backbone, b, the coreset ratio, the
+    layer2 grid; the facts its bank is checked against."""
+    pc = c.dict(meta, "patchcore")
+    dim = c.int(pc, "dim", 1, 1 << 16)
+    c.number(pc, "coreset_ratio", 1e-6, 1.0)
+    neighbours = c.int(pc, "neighbours", 1, MAX_NEIGHBOURS)
+    if k != patchcore_dim(CHANNELS[arch], dim):
+        raise c.fail(f"has k={k}, but PatchCore's dim {dim} on {arch} gives "
+                     f"{patchcore_dim(CHANNELS[arch], dim)}")
+    grid = patchcore_grid(input_hw)
+    if meta.get("grid") is not None and c.pair(meta, "grid") != grid:
+        raise c.fail(f"has a {meta['grid']} patch grid, but its {input_hw[0]}x{input_hw[1]} "
+                     f"input gives {list(grid)} for PatchCore")
+    return sum(CHANNELS[arch][1:]), k, neighbours, input_hw
 
 
 def _array(c, arrays, name, dtype, shape):
@@ -138,7 +164,14 @@ def _bounds(c, name, a, lo, hi):
 def check_arrays(path, meta, arrays, facts):
     """Check the arrays that were read against the metadata (``check_meta``'s facts)."""
     c = Checker(path)
-    f, k, n_cells, (h, w) = facts
+    f, k, n_cells, (h, w) = facts          # PatchCore: n_cells is b, the bank's least size
+    if meta.get("method") == "patchcore" and "bank" in arrays:
+        bank = arrays["bank"]
+        if bank.dtype != np.float32 or bank.ndim != 2 or bank.shape[1] != k or \
+                bank.shape[0] < n_cells:
+            raise c.fail(f"holds 'bank' as {bank.dtype} {list(bank.shape)}, not float32 [M, {k}] "
+                         f"with M >= {n_cells} (from its metadata)")
+        _bounds(c, "bank", bank, -MEAN_BOUND, MEAN_BOUND)
     if "projection" in arrays:
         _bounds(c, "projection", _array(c, arrays, "projection", np.float32, (f, k)),
                 -1.0 - 1e-4, 1.0 + 1e-4)

@@ -49,18 +49,22 @@ def hugepage_empty(shape, dtype=np.float64):
     return np.frombuffer(buf, dtype=dtype).reshape(shape)     # anonymous memory reads as 0
 
 
-def run_dir(save_path, method, arch, k):
-    """The folder of one configuration's models and results."""
+def run_dir(save_path, method, arch, k, coreset_ratio=0.1):
+    """The folder of one configuration's models and results: <method>_<arch>_k<k>, or for
+    PatchCore patchcore_<arch>_c<coreset percent> (k does not apply)."""
+    if method == "patchcore":
+        return os.path.join(save_path, f"patchcore_{arch}_c{100 * coreset_ratio:g}")
     return os.path.join(save_path, f"{method}_{arch}_k{k}")
 
 
-def model_path(save_path, method, arch, k, category):
+def model_path(save_path, method, arch, k, category, coreset_ratio=0.1):
     """Where train.py writes (and eval.py / predict.py read) a category's model."""
-    return os.path.join(run_dir(save_path, method, arch, k), f"{category}.safetensors")
+    return os.path.join(run_dir(save_path, method, arch, k, coreset_ratio),
+                        f"{category}.safetensors")
 
 
-def progress(total, desc):
+def progress(total, desc, unit="img"):
     """A progress bar on a terminal (nothing when stderr is redirected)."""
     from tqdm import tqdm
-    return tqdm(total=total, desc=desc, unit="img", leave=False, mininterval=1.0, disable=None,
+    return tqdm(total=total, desc=desc, unit=unit, leave=False, mininterval=1.0, disable=None,
                 dynamic_ncols=True)

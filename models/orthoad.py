@@ -10,6 +10,7 @@ calls ``OrthoAD.forward``; fitting calls ``OrthoAD.embed`` and ``models.gaussian
 import numpy as np
 import paddle
 import paddle.nn as nn
+from paddle.static import InputSpec
 
 from .gaussian import cell_members, cell_shape, mahalanobis
 from .postprocess import AnomalyMapHead
@@ -26,6 +27,10 @@ class OrthoAD(nn.Layer):
         cell: side of the square blocks of grid positions that share one Gaussian (1: one per
             position, C = h*w), or (ch, cw) for rectangular blocks.
     """
+
+    scoring = "gaussian"
+    score_from_map = True                       # the image score is the map's peak
+    stat_names = ("mean", "precision")
 
     def __init__(self, backbone, projection, input_size, mean=None, precision=None, cell=1):
         super().__init__()
@@ -109,6 +114,30 @@ class OrthoAD(nn.Layer):
     def forward(self, x):
         """x [B, 3, H, W] -> (anomaly_map [B, 1, H, W], image_score [B])."""
         return self.score(self.embed(x))
+
+    # ------------------------------------------------------------------ graphs
+
+    def graph_key(self):
+        """What the run-time graphs depend on besides the backbone's weights and the tools:
+        (JSON-able facts, bytes of W)."""
+        w = np.concatenate([self.w1.numpy(), self.w2.numpy(), self.w3.numpy()])
+        return ({"input": list(self.input_hw), "cell": self.cell, "k": self.k},
+                np.ascontiguousarray(w).tobytes())
+
+    def graph(self, kind):
+        """(layer, input specs) of the score graph (Gaussian as inputs), the head (after the
+        backbone: embeddings and Gaussian as inputs) or the deploy graph (Gaussian inside)."""
+        h, w = self.input_hw
+        image = InputSpec([None, 3, h, w], "float32", "image")
+        if kind == "deploy":
+            return self, [image]
+        c, k = self.n_cells, self.k
+        gaussian = [InputSpec([c, k], "float32", "mean"),
+                    InputSpec([c, k, k], "float32", "precision")]
+        if kind == "head":
+            return EmbeddingScorer(self), [InputSpec([None, self.n_positions, k], "float32",
+                                                     "y")] + gaussian
+        return GaussianScorer(self), [image] + gaussian
 
 
 def shared_tensor(a):

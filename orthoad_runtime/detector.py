@@ -28,14 +28,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from orthoad_runtime.ignore import apply_ignore, combine, load_ignore_mask
+from orthoad_runtime.ignore import apply_ignore, combine, load_ignore_mask, patch_mask
 from orthoad_runtime.transforms import PREDICT_MAX_PIXELS, Preprocess, check_pixels, to_rgb
 from .errors import ModelFileError
 from .schema import check_deploy, decode_mask
 from .errors import UserError
 from .util import sha256_file
 
-from .predictions import make_prediction, thresholds
+from .predictions import PATCHCORE_VERDICT_RULE, VERDICT_RULE, make_prediction, thresholds
 
 logger = logging.getLogger(__name__)
 
@@ -135,6 +135,22 @@ def read_deploy(graph, params=None, stats=None):
     return deploy, params
 
 
+def _export_runner(graph, model):
+    """run(x, ignore) -> (maps, scores) of an exported graph; PatchCore's graph also takes the
+    patches that count for its image score (``patch_mask`` of the ignore mask)."""
+    from .engines import map_and_score
+    if model.get("method") != "patchcore":
+        return lambda x, ignore=None: map_and_score(graph.run({"image": x}))
+    grid = tuple(model["grid"])
+    everything = np.ones(grid[0] * grid[1], np.float32)
+
+    def run(x, ignore=None):
+        scored = patch_mask(ignore, grid)
+        return map_and_score(graph.run({"image": x, "scored": everything if scored is None
+                                        else scored}))
+    return run
+
+
 class Detector:
     """A loaded model with its engine; see the module docstring. Build with ``load``.
 
@@ -156,6 +172,8 @@ class Detector:
         self.timings = {"prepare_s": 0.0, "score_s": 0.0, "finish_s": 0.0, "images": 0}
         thr = meta.get("threshold") or {}
         self.threshold_source = thr.get("source") if thresholds[0] is not None else None
+        # PatchCore's image score is its graph's (the paper's Eq. 7), not the map's peak
+        self.score_from_map = meta.get("method") != "patchcore"
 
     # ------------------------------------------------------------------ loading
 
@@ -178,7 +196,7 @@ class Detector:
             batch_size: images per engine run in ``predict``.
             max_pixels: images above it are refused from their header.
         """
-        from .engines import OnnxRuntimeGraph, PaddleInferenceGraph, map_and_score
+        from .engines import OnnxRuntimeGraph, PaddleInferenceGraph
         if not os.path.exists(path):
             raise UserError(f"'{path}' does not exist: give an export folder (export_model.py) "
                             "or its model.onnx / model.json")
@@ -210,8 +228,8 @@ class Detector:
             engine = "onnxruntime int8"
         source = {"kind": "export", "format": deploy["format"], "graph": graph_file,
                   "deploy": stats, "sha256": deploy["graph_sha256"]}
-        d = cls(lambda x: map_and_score(graph.run({"image": x})), pre, meta, engine,
-                thresholds(deploy), ignore, deploy.get("display"), source, batch_size)
+        d = cls(_export_runner(graph, deploy["model"]), pre, meta, engine, thresholds(deploy),
+                ignore, deploy.get("display"), source, batch_size)
         d.max_pixels = max_pixels
         return d
 
@@ -283,14 +301,15 @@ class Detector:
 
     def score(self, prepared, ignore=None):
         """One engine run over prepared images -> (maps [B, H, W] with NaN on ignored pixels,
-        scores [B] = max of the rest). ``ignore``: default the model's own mask."""
+        scores [B]: the max of the rest, or PatchCore's over its scored patches). ``ignore``:
+        default the model's own mask."""
         ignore = self.ignore if ignore is None else ignore
         x = np.stack([p.x for p in prepared])
         t = time.perf_counter()
         with self._lock:                              # engines are not all thread-safe
-            maps, _ = self._run(x)
+            maps, scores = self._run(x, ignore)
         self._timed("score_s", time.perf_counter() - t, len(prepared))
-        return apply_ignore(maps, ignore)
+        return apply_ignore(maps, ignore, None if self.score_from_map else scores)
 
     def finish(self, prepared, amap, score, ignore=None):
         """The ``Prediction`` of one prepared image from its map and score."""
@@ -298,7 +317,8 @@ class Detector:
         t = time.perf_counter()
         out = make_prediction(self.preprocess, amap, score, prepared.original_hw,
                               self.thresholds, ignore, prepared.path, self.threshold_source,
-                              prepared.input_image)
+                              prepared.input_image,
+                              VERDICT_RULE if self.score_from_map else PATCHCORE_VERDICT_RULE)
         self._timed("finish_s", time.perf_counter() - t)
         return out
 

@@ -5,6 +5,10 @@ to the input by the images' geometry). Ignored pixels become NaN in the map; the
 the maximum of the others, and nothing downstream (regions, verdicts, the threshold's held-out
 scores, the pixel metrics) counts them. Fit, evaluation, prediction and every engine use these
 functions, after the graph.
+
+PatchCore's image score is not the map's peak (the paper's Eq. 7, computed in the graph): its
+graph takes the patches that count (``patch_mask``: a patch counts when the input pixel at its
+centre is scored), and its score is kept as the graph gives it.
 """
 import base64
 import io
@@ -57,13 +61,34 @@ def combine(*masks):
     return check_ignore(out, "given (model + --ignore_mask)")
 
 
-def apply_ignore(maps, ignore):
-    """maps [B, H, W] -> (maps with NaN on ignored pixels, image scores [B] = max of the rest)."""
+def apply_ignore(maps, ignore, scores=None):
+    """maps [B, H, W] -> (maps with NaN on ignored pixels, image scores [B]): the max of the
+    rest, or ``scores`` as they are (a method whose image score is not the map's peak, which
+    its graph computed over the scored patches)."""
     maps = np.asarray(maps, dtype=np.float32)
+    if ignore is not None:
+        maps = np.where(ignore[None], np.float32(np.nan), maps)
+    if scores is not None:
+        return maps, np.asarray(scores, dtype=np.float32)
     if ignore is None:
         return maps, maps.reshape(len(maps), -1).max(axis=1)
-    maps = np.where(ignore[None], np.float32(np.nan), maps)
     return maps, np.nanmax(maps.reshape(len(maps), -1), axis=1)
+
+
+def patch_mask(ignore, grid_hw):
+    """float32 [h*w]: 1 for the patches of an h x w grid that count (the input pixel at the
+    patch's centre is not ignored), 0 for the others; None without an ignore mask. A mask that
+    leaves no patch is an error."""
+    if ignore is None:
+        return None
+    (height, width), (gh, gw) = ignore.shape, grid_hw
+    rows = np.minimum(((np.arange(gh) + 0.5) * height / gh).astype(np.int64), height - 1)
+    cols = np.minimum(((np.arange(gw) + 0.5) * width / gw).astype(np.int64), width - 1)
+    scored = ~ignore[np.ix_(rows, cols)]
+    if not scored.any():
+        raise UserError(f"the ignore mask leaves none of the {gh}x{gw} patches scored (a patch "
+                        "counts when the pixel at its centre is not ignored): ignore less")
+    return scored.reshape(-1).astype(np.float32)
 
 
 def original_map(preprocess, amap, original_hw, ignore=None):

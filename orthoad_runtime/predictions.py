@@ -19,6 +19,9 @@ from orthoad_runtime.ignore import original_map
 OUTPUTS_VERSION = 2
 VERDICT_RULE = ("anomalous when the image score (the largest scored value of the anomaly map) "
                 "> image_threshold")
+PATCHCORE_VERDICT_RULE = ("anomalous when the image score (PatchCore: the largest scored patch "
+                          "distance to the memory bank, reweighted by the bank's neighbourhood "
+                          "of its nearest feature, Eq. 7 of the paper) > image_threshold")
 REGIONS_RULE = ("8-connected pixels of the map at the image's resolution that are > "
                 "pixel_threshold")
 
@@ -65,8 +68,8 @@ class Prediction:
 
     Attributes:
         path: the image file, or None for an array / PIL image.
-        score: the image score (max of the scored map). relative_score: score / image
-            threshold (comparable across categories; None without a threshold).
+        score: the image score (max of the scored map; PatchCore: its Eq. 7). relative_score:
+            score / image threshold (comparable across categories; None without a threshold).
         verdict: 'anomalous', 'normal' or 'unknown' (no threshold), by ``VERDICT_RULE``.
         image_threshold, pixel_threshold: the thresholds used (None if the model has none).
         regions: list of {box, area, peak_score, mean_score}, largest first (``REGIONS_RULE``).
@@ -91,6 +94,7 @@ class Prediction:
     threshold_source: object = None
     input_image: np.ndarray = None
     scored_hw: tuple = None
+    verdict_rule: str = VERDICT_RULE
 
     @property
     def height(self):
@@ -131,7 +135,7 @@ class Prediction:
                 "relative_score": self.relative_score, "verdict": self.verdict,
                 "image_threshold": self.image_threshold, "pixel_threshold": self.pixel_threshold,
                 "threshold_source": self.threshold_source,
-                "verdict_rule": VERDICT_RULE, "regions_rule": REGIONS_RULE,
+                "verdict_rule": self.verdict_rule, "regions_rule": REGIONS_RULE,
                 "verdict_and_regions_agree": self.agree,
                 "n_regions": len(self.regions),
                 "largest_region_area": self.regions[0]["area"] if self.regions else 0,
@@ -139,7 +143,7 @@ class Prediction:
 
 
 def make_prediction(preprocess, amap, score, original_hw, thresholds, ignore=None, path=None,
-                    threshold_source=None, input_image=None):
+                    threshold_source=None, input_image=None, verdict_rule=VERDICT_RULE):
     """A ``Prediction`` from the network's map [H, W] (NaN on ignored pixels) and score."""
     image_t, pixel_t = thresholds
     full = original_map(preprocess, amap, original_hw, ignore)
@@ -148,4 +152,5 @@ def make_prediction(preprocess, amap, score, original_hw, thresholds, ignore=Non
     left, top, right, bottom = preprocess.scored_box(original_hw)
     return Prediction(path, float(score), verdict(score, image_t), image_t, pixel_t,
                       regions(mask, full), amap,
-                      full, mask, threshold_source, input_image, (bottom - top, right - left))
+                      full, mask, threshold_source, input_image, (bottom - top, right - left),
+                      verdict_rule)

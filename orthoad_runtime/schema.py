@@ -136,6 +136,11 @@ def check_deploy(path, deploy):
     thresholds(c, deploy)
     model = c.dict(deploy, "model")
     c.name(model, "category")
+    if model.get("method") == "patchcore":      # its graph takes the patches that count
+        grid = (-(-h // 8), -(-w // 8))
+        if c.pair(model, "grid") != grid:
+            raise c.fail(f"has a PatchCore patch grid of {model['grid']}, but its {h}x{w} input "
+                         f"gives {list(grid)}")
     graph = c.choice(deploy, "graph_file", GRAPH_FILES)
     precision = c.choice(deploy, "precision", ("fp32", "int8")) \
         if deploy.get("precision") is not None else "fp32"

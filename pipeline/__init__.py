@@ -2,7 +2,7 @@
 maths lives in ``models/``, running a fitted model in ``orthoad_runtime``.
 
 * a train.py run: ``training`` (checks, data, ranks, each category), ``fit`` (statistics,
-  hold-out threshold), ``int8`` (an int8 backbone's calibration and its cost against fp32),
+  hold-out threshold), ``fit_patchcore`` (PatchCore's features, coreset and thresholds), ``int8`` (an int8 backbone's calibration and its cost against fp32),
   ``quantize`` (ONNX Runtime's static quantisation), ``update`` (new images into a model),
   ``distributed`` (ranks under paddle.distributed.launch), ``backbones`` (the frozen ResNet
   and its weights), ``geometry`` (input size, cells, batch caps);

@@ -147,23 +147,23 @@ def calibrate(model, samples, target, batch_size, source):
         the new threshold record.
     """
     kind, fpr = target
-    labels, scores = [], []
+    labels, scores, peaks = [], [], []
     pre = model.preprocess
     pixels = metrics.PixelSet(len(samples) * pre.height * pre.width)
     n_masks = 0
     for sample, item, amap, score in score_samples(model, samples, batch_size, "calibrate"):
         labels.append(sample.label)
         scores.append(score)
+        peaks.append(float(np.nanmax(amap)))
         if sample.label == 0 or sample.has_mask:
             pixels.add(amap, item.mask)
             n_masks += sample.has_mask
-    labels, scores = np.array(labels), np.array(scores)
+    labels, scores, peaks = np.array(labels), np.array(scores), np.array(peaks)
     n_defect = int(labels.sum())
     if kind == "f1":
         if n_defect == 0:
             raise UserError(f"--threshold_target f1 needs defect images in '{source}' (it holds "
                             "good/ only): add defect folders, or use --threshold_target fpr=0.01")
-        image, _ = metrics.best_f1_threshold(labels, scores)
         rule = f"best F1 of score > threshold on the calibration images in {source}"
     else:
         n_good = int((labels == 0).sum())
@@ -172,15 +172,18 @@ def calibrate(model, samples, target, batch_size, source):
                            "image is already %.3g of them, so the threshold cannot resolve the "
                            "target (it rejects none of them); give at least %d normal images",
                            fpr, n_good, 1.0 / n_good, int(np.ceil(1.0 / fpr)))
-        image = metrics.fpr_threshold(scores[labels == 0], fpr)
         rule = (f"at most {fpr:g} of the normal calibration images in {source} score above "
                 "the threshold")
+    image = _image_threshold(labels, scores, kind, fpr)
     if n_masks:
         pixel = pixels.f1_threshold()[0] if kind == "f1" else pixels.fpr_threshold(fpr)
         pixel_rule = f"pixels of the {n_masks} masked and the normal calibration images, " + \
             ("best F1" if kind == "f1" else f"at most {fpr:g} of the normal pixels above it")
-    else:
+    elif model.detector.score_from_map:
         pixel, pixel_rule = image, "no calibration masks: the image threshold"
+    else:                                  # PatchCore: the image score is not the map's peak
+        pixel = _image_threshold(labels, peaks, kind, fpr)
+        pixel_rule = "no calibration masks: the image rule on the maps' maxima"
     verdicts = metrics.confusion(labels, scores, image)
     old = model.meta.get("threshold") or {}
     # the hold-out (or validation) record behind the model; a calibrated model keeps it
@@ -205,6 +208,13 @@ def calibrate(model, samples, target, batch_size, source):
                 len(samples), n_defect, n_masks, image, pixel, record["target"],
                 _pct(verdicts["precision"]), _pct(verdicts["recall"]), _pct(verdicts["fpr"]))
     return record
+
+
+def _image_threshold(labels, scores, kind, fpr):
+    """Best F1, or the fpr=F rule on the normal images' ``scores``."""
+    if kind == "f1":
+        return metrics.best_f1_threshold(labels, scores)[0]
+    return metrics.fpr_threshold(scores[labels == 0], fpr)
 
 
 def _pct(v):

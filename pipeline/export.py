@@ -1,5 +1,7 @@
 """Export of a fitted model for deployment: the whole scoring graph (image -> anomaly map,
-image score) with the Gaussian inside, plus deploy.json.
+image score) with the Gaussian (PatchCore: the memory bank) inside, plus deploy.json. PatchCore's
+graph has a second input, ``scored`` [h*w] (1 for the patches that count for the image score,
+from the ignore mask; ``orthoad_runtime.ignore.patch_mask``).
 
 * ``paddle``: ``model.json`` (PIR; legacy ``model.pdmodel`` accepted) + ``model.pdiparams``, for
   Paddle Inference.
@@ -39,7 +41,12 @@ def _deploy_record(model, fmt, files):
               "precision": model.precision,
               "preprocess": model.preprocess.config(), "input_size": [height, width],
               "threshold": model.meta.get("threshold"), "display": model.meta.get("display"),
-              "model": meta, "outputs": ["anomaly_map [B, 1, H, W]", "image_score [B]"]}
+              "model": meta, "outputs": ["anomaly_map [B, 1, H, W]", "image_score [B]"],
+              "inputs": ["image [B, 3, H, W]"]}
+    if model.meta.get("method") == "patchcore":
+        grid = model.meta["grid"]
+        record["inputs"].append(f"scored [{grid[0] * grid[1]}]: 1 for the patches of the "
+                                f"{grid[0]}x{grid[1]} grid that count for the image score")
     ignore = model.ignore
     if ignore is not None:          # applied after the graph by infer.py (outputs.apply_ignore)
         record["ignore_mask"] = encode_mask(ignore)
@@ -63,11 +70,11 @@ def _external_tensor(name, array, location, offset):
     return tensor
 
 
-def _bake_gaussian(src, dst, mean, precision):
-    """Turn the ``mean`` / ``precision`` inputs of the ONNX graph ``src`` (a file or a
-    ModelProto) into initializers, name the outputs, and save to ``dst``; above the protobuf
-    limit the Gaussian's bytes go to ``<dst>.data`` beside it (page-aligned), written straight
-    from the arrays.
+def _bake_statistics(src, dst, stats):
+    """Turn the statistics inputs of the ONNX graph ``src`` (a file or a ModelProto; ``stats``:
+    {name: array}, the Gaussian's mean and precision or PatchCore's bank) into initializers,
+    name the outputs, and save to ``dst``; above the protobuf limit their bytes go to
+    ``<dst>.data`` beside it (page-aligned), written straight from the arrays.
 
     Returns:
         the external data file's name, or None.
@@ -77,8 +84,7 @@ def _bake_gaussian(src, dst, mean, precision):
     model = onnx.load(src) if isinstance(src, str) else src
     data_name = os.path.basename(dst) + ".data"
     graph = model.graph
-    gaussian = [("mean", np.ascontiguousarray(mean, dtype=np.float32)),
-                ("precision", np.ascontiguousarray(precision, dtype=np.float32))]
+    gaussian = [(name, np.ascontiguousarray(a, dtype=np.float32)) for name, a in stats.items()]
     external = model.ByteSize() + sum(a.nbytes for _, a in gaussian) > EXTERNAL_ABOVE
     if external:
         offset = 0
@@ -92,7 +98,7 @@ def _bake_gaussian(src, dst, mean, precision):
                 offset += array.nbytes
     else:
         graph.initializer.extend(numpy_helper.from_array(a, name) for name, a in gaussian)
-    inputs = [i for i in graph.input if i.name not in ("mean", "precision")]
+    inputs = [i for i in graph.input if i.name not in stats]
     del graph.input[:]
     graph.input.extend(inputs)
     for out in graph.output:
@@ -166,8 +172,8 @@ def _export(model, save_dir, fmt):
                 graph, params = export_static(*graph_layer("score", model.detector), work)
                 src = to_onnx(graph, params, os.path.join(work, "inputs.onnx"))
             onnx_file = os.path.join(tmp, name)
-            external = _bake_gaussian(src, onnx_file, model.arrays["mean"],
-                                      model.arrays["precision"])
+            external = _bake_statistics(src, onnx_file, {
+                name: model.arrays[name] for name in model.detector.stat_names})
             shutil.rmtree(work)
             files = {"graph_file": name, "graph_sha256": sha256_file(onnx_file)}
             names = [name]

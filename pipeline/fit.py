@@ -59,6 +59,8 @@ class FitConfig:
     precision: str = "fp32"
     calibration_images: int = None
     int8_max_change: float = 0.1
+    coreset_ratio: float = 0.1
+    patchcore_dim: int = 1024
 
     @classmethod
     def from_args(cls, args):
@@ -71,7 +73,8 @@ class FitConfig:
                    engine=args.engine, stats=args.stats_device, ignore_mask=args.ignore_mask,
                    save_sums=args.save_sums, precision=args.precision,
                    calibration_images=args.calibration_images,
-                   int8_max_change=args.int8_max_change)
+                   int8_max_change=args.int8_max_change, coreset_ratio=args.coreset_ratio,
+                   patchcore_dim=args.patchcore_dim)
 
     def request(self):
         """What the user asked for that decides the model (stored in it; compared before a
@@ -79,6 +82,10 @@ class FitConfig:
         cell = self.cell if self.cell == "auto" or isinstance(self.cell, int) else \
             list(self.cell)
         size = self.input_size if self.input_size == "auto" else list(self.input_size)
+        if self.method == "patchcore":
+            return {"seed": self.seed, "input_size": size, "resize": self.resize,
+                    "crop_size": self.crop_size, "precision": self.precision,
+                    "coreset_ratio": self.coreset_ratio, "patchcore_dim": self.patchcore_dim}
         return {"seed": self.seed, "eps": self.eps, "input_size": size, "resize": self.resize,
                 "crop_size": self.crop_size, "cell": cell, "precision": self.precision}
 
@@ -178,15 +185,21 @@ def score_holdout(detector, gauss, held, batch_size, ignore=None):
     return np.concatenate(scores), vmin, stats_s
 
 
-def holdout_record(scores, files, vmin, rule=THRESHOLD_RULE, source="holdout"):
+def holdout_record(scores, files, vmin, rule=THRESHOLD_RULE, source="holdout", peaks=None):
     """(threshold record, display range) from the image scores of normal images that were not
-    in the statistics when scored (held out, or validation images)."""
+    in the statistics when scored (held out, or validation images). ``peaks``: their maps'
+    maxima, when the image score is not the map's peak (PatchCore): the pixel threshold is the
+    same rule on them (otherwise it is the image threshold)."""
     threshold = threshold_rule(scores) if len(scores) else None
+    pixel = threshold_rule(peaks) if peaks is not None and len(peaks) else threshold
     display = {"vmin": vmin if len(scores) else None,
-               "vmax": vmin + 2.0 * (threshold - vmin) if len(scores) else None}
-    return {"image": threshold, "pixel": threshold, "n_holdout": len(files), "rule": rule,
-            "source": source, "holdout_scores": [float(v) for v in scores],
-            "holdout_files": [os.path.basename(f) for f in files]}, display
+               "vmax": vmin + 2.0 * (pixel - vmin) if len(scores) else None}
+    record = {"image": threshold, "pixel": pixel, "n_holdout": len(files), "rule": rule,
+              "source": source, "holdout_scores": [float(v) for v in scores],
+              "holdout_files": [os.path.basename(f) for f in files]}
+    if peaks is not None:
+        record["holdout_peaks"] = [float(v) for v in peaks]
+    return record, display
 
 
 FEW_SCORES = 5
@@ -375,13 +388,15 @@ def _describe_linalg(info):
     return f"SciPy wrappers on 1 thread ({info['reason']})"
 
 
-def image_digests(data):
+def image_digests(data, held=()):
     """The digest record of a fit (``datasets.digest``): every training image is in the
-    statistics (held-out ones are added after scoring), validation images set the threshold,
-    the test split (labelled and unlabelled) is recorded so that no update can take it."""
+    statistics (held-out ones are added after scoring; ``held``: those that never are, recorded
+    with the validation images), validation images set the threshold, the test split (labelled
+    and unlabelled) is recorded so that no update can take it."""
     sets = DigestSets(complete=True)
-    sets.add("statistics", digests(data.train))
-    sets.add("validation", digests(data.validation))
+    held = set(held)
+    sets.add("statistics", digests([f for f in data.train if f not in held]))
+    sets.add("validation", digests(list(data.validation) + sorted(held)))
     sets.add("test", digests([s.path for s in data.test] +
                              [p for ps in data.unlabelled.values() for p in ps]))
     return sets.record()

@@ -5,10 +5,11 @@ Two run-time graphs:
 * ``embed``: image [B, 3, H, W] -> embeddings [B, h*w, k] (backbone + projection): the fit.
 * ``score``: (image, mean [C, k], precision [C, k, k]) -> (map [B, 1, H, W], score [B]): the
   whole scoring graph with the Gaussian as INPUTS, so one graph serves every category of a run.
+  PatchCore's: (image, bank [M, D], scored [h*w]) -> (map, score), the bank as an input.
 
 Neither depends on a category: only on the backbone's weights, W (method, feature dim, k and
-seed), the input size and the cells, and on the tools that made them (Paddle, and for ONNX
-paddle2onnx, onnx, ONNX Runtime and the opset). They are exported with ``paddle.jit.save`` (and
+seed), the input size and the cells (PatchCore: D and b), and on the tools that made them
+(Paddle, and for ONNX paddle2onnx, onnx, ONNX Runtime and the opset). They are exported with ``paddle.jit.save`` (and
 converted by paddle2onnx for ONNX Runtime) into ``<cache>/<kind>-<key>-<format>/`` with a
 ``manifest.json`` of the files' SHA-256, written to a temporary folder and renamed, and reused by
 later categories, runs, run folders and ranks with the same key. The cache is the user's
@@ -36,7 +37,7 @@ import numpy as np
 import paddle
 from paddle.static import InputSpec
 
-from models.orthoad import EmbeddingScorer, Embedder, GaussianScorer
+from models.orthoad import Embedder
 from utils import UserError, ensure_dir, sha256_file, write_json
 
 from orthoad_runtime import engines
@@ -76,34 +77,26 @@ def tool_versions(fmt):
 
 
 def _key(kind, detector, fmt="paddle"):
-    """What a run-time graph depends on (weights, W, input size, cells, k, the tools and
-    their versions), hashed."""
+    """What a run-time graph depends on (weights, the detector's own facts: W, input size,
+    cells, k for OrthoAD / PaDiM, D and b for PatchCore; the tools and their versions),
+    hashed."""
+    facts, data = detector.graph_key()
     h = hashlib.sha256()
-    w = np.concatenate([detector.w1.numpy(), detector.w2.numpy(), detector.w3.numpy()])
-    h.update(json.dumps({"kind": kind, "format": GRAPH_FORMAT, "tools": tool_versions(fmt),
-                         "weights": detector.backbone.weights_sha256,
-                         "input": list(detector.input_hw), "cell": detector.cell,
-                         "k": detector.k}, sort_keys=True).encode())
-    h.update(np.ascontiguousarray(w).tobytes())
+    h.update(json.dumps(dict(facts, kind=kind, format=GRAPH_FORMAT, tools=tool_versions(fmt),
+                             weights=detector.backbone.weights_sha256),
+                        sort_keys=True).encode())
+    h.update(data)
     return h.hexdigest()[:16]
 
 
 def graph_layer(kind, detector):
-    """(layer, input specs) of a graph kind: embed, score (Gaussian as inputs), head (the score
-    graph after the backbone: embeddings and Gaussian as inputs) or deploy (Gaussian inside)."""
-    h, w = detector.input_hw
-    image = InputSpec([None, 3, h, w], "float32", "image")
+    """(layer, input specs) of a graph kind: embed (image -> features), score (the statistics
+    as inputs: Gaussian or bank), head (the score graph after the backbone) or deploy (the
+    statistics inside); see the detectors' ``graph``."""
     if kind == "embed":
-        return Embedder(detector), [image]
-    if kind == "deploy":                                  # the Gaussian inside, as parameters
-        return detector, [image]
-    c, k = detector.n_cells, detector.k
-    gaussian = [InputSpec([c, k], "float32", "mean"), InputSpec([c, k, k], "float32",
-                                                                "precision")]
-    if kind == "head":
-        return EmbeddingScorer(detector), [InputSpec([None, detector.n_positions, k],
-                                                     "float32", "y")] + gaussian
-    return GaussianScorer(detector), [image] + gaussian
+        h, w = detector.input_hw
+        return Embedder(detector), [InputSpec([None, 3, h, w], "float32", "image")]
+    return detector.graph(kind)
 
 
 @contextlib.contextmanager
@@ -308,9 +301,9 @@ class _Guarded:
         self.fn, self.engine, self.requested = fn, engine, requested
         self.make_dygraph, self.what = make_dygraph, what
 
-    def __call__(self, x):
+    def __call__(self, *args):
         try:
-            return self.fn(x)
+            return self.fn(*args)
         except Exception as exc:  # noqa: BLE001 - any engine failure: fall back or explain
             why = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1][:160]}" \
                 if str(exc).strip() else type(exc).__name__
@@ -322,7 +315,7 @@ class _Guarded:
             logger.warning("engine %s failed while running the %s graph (%s): falling back to "
                            "dygraph for the rest of the run", self.engine, self.what, why)
             self.fn, self.engine = self.make_dygraph(), "dygraph"
-            return self.fn(x)
+            return self.fn(*args)
 
 
 def _with_fallback(engine, requested, make_compiled, make_dygraph, what):
@@ -368,30 +361,48 @@ def embedder(requested, detector, cache_dir=None, threads=None, int8=None):
     return _with_fallback(engine, requested, compiled, dygraph, "embedding")
 
 
-def scorer(requested, detector, mean, precision, cache_dir=None, threads=None, int8=None):
-    """(fn(x) -> (maps [B, H, W], scores [B]), engine used) under the Gaussian (mean,
-    precision), which the compiled graphs receive as inputs without copies. ``int8``: the
-    int8 record of an int8 backbone: the int8 embedding graph, then the float32 head."""
+def scorer(requested, detector, stats, cache_dir=None, threads=None, int8=None):
+    """(fn(x, scored=None) -> (maps [B, H, W], scores [B]), engine used) under the statistics
+    ``stats`` ({mean, precision} of a Gaussian, {bank} of PatchCore: the detector's own), which
+    the compiled graphs receive as inputs without copies (dygraph runs the layer with them
+    installed). ``scored``: float32 [h*w] of the patches that count for PatchCore's image
+    score (``orthoad_runtime.ignore.patch_mask``; default all); the Gaussian graphs take none.
+    ``int8``: the int8 record of an int8 backbone: the int8 embedding graph, then the float32
+    head."""
     cache_dir = cache_dir or default_cache()
+    stats = {name: np.ascontiguousarray(stats[name], dtype=np.float32)
+             for name in detector.stat_names}
+    takes_scored = not detector.score_from_map
+    all_scored = np.ones(detector.n_positions, np.float32)
+
+    def feeds(x, scored, first="image"):
+        out = {first: x}
+        if takes_scored:
+            out["scored"] = all_scored if scored is None else scored
+        return out
+
     if int8 is not None:
         embed, _ = embedder(requested, detector, cache_dir, threads, int8)
         head = engines.OnnxRuntimeGraph(os.path.join(build("head", detector, cache_dir, "onnx"),
                                                      "model.onnx"), threads)
-        head.share("mean", np.ascontiguousarray(mean, dtype=np.float32))
-        head.share("precision", np.ascontiguousarray(precision, dtype=np.float32))
-        return (lambda x: engines.map_and_score(head.run({"y": embed(x)}))), "onnxruntime int8"
+        for name, array in stats.items():
+            head.share(name, array)
+        return (lambda x, scored=None: engines.map_and_score(
+            head.run(feeds(embed(x), scored, "y")))), "onnxruntime int8"
     engine = engines.resolve(requested)
 
-    def dygraph():
-        def run(x):
+    def dygraph():                         # the layer itself, with its own statistics
+        def run(x, scored=None):
             with paddle.no_grad():
-                amap, score = detector(paddle.to_tensor(x))
+                x = paddle.to_tensor(x)
+                amap, score = detector(x, paddle.to_tensor(
+                    all_scored if scored is None else scored)) if takes_scored else detector(x)
             return amap.numpy()[:, 0], score.numpy()
         return run
 
     def compiled():
         graph = _compiled("score", detector, engine, cache_dir, threads)
-        graph.share("mean", np.ascontiguousarray(mean, dtype=np.float32))
-        graph.share("precision", np.ascontiguousarray(precision, dtype=np.float32))
-        return lambda x: engines.map_and_score(graph.run({"image": x}))
+        for name, array in stats.items():
+            graph.share(name, array)
+        return lambda x, scored=None: engines.map_and_score(graph.run(feeds(x, scored)))
     return _with_fallback(engine, requested, compiled, dygraph, "scoring")

@@ -1,16 +1,18 @@
 """A fitted model: its metadata, its arrays and the backbone they belong to.
 
 The model file (``modelfile``) holds the projection W, the Gaussian (mean, precision) and the
-metadata; the backbone is rebuilt from the weights it records and checked by fingerprint. The
-detector (``models.orthoad.OrthoAD``) is built on first use.
+metadata, or for PatchCore the memory bank; the backbone is rebuilt from the weights it records
+and checked by fingerprint. The detector (``models.orthoad.OrthoAD`` or
+``models.patchcore.PatchCore``) is built on first use.
 """
 import logging
 from dataclasses import dataclass, field
 
 from orthoad_runtime.transforms import Preprocess
 from modelfile import load_checked, save_model
-from orthoad_runtime.ignore import apply_ignore, combine
+from orthoad_runtime.ignore import apply_ignore, combine, patch_mask
 from models.orthoad import OrthoAD
+from models.patchcore import PatchCore
 
 from .backbones import backbone_for_meta
 
@@ -20,7 +22,8 @@ logger = logging.getLogger(__name__)
 @dataclass
 class Model:
     """meta: JSON-able dict; arrays: {name: ndarray}: projection [F, k], mean [C, k], precision
-    [C, k, k], optionally ignore [H, W] (uint8) and the packed sums (``--save_sums``); backbone:
+    [C, k, k] (PatchCore: bank [M, D]), optionally ignore [H, W] (uint8) and the packed sums
+    (``--save_sums``); backbone:
     ``models.backbone.Backbone``; extra_ignore: an ignore mask given at prediction time."""
     meta: dict
     arrays: dict
@@ -36,8 +39,14 @@ class Model:
         """The scoring layer (image -> anomaly map, image score), built once."""
         if self._detector is None:
             a = self.arrays
-            self._detector = OrthoAD(self.backbone, a["projection"], self.preprocess.input_hw,
-                                     a["mean"], a["precision"], self.meta.get("cell", 1))
+            if self.meta["method"] == "patchcore":
+                pc = self.meta["patchcore"]
+                self._detector = PatchCore(self.backbone, self.preprocess.input_hw, pc["dim"],
+                                           a["bank"], pc["neighbours"])
+            else:
+                self._detector = OrthoAD(self.backbone, a["projection"],
+                                         self.preprocess.input_hw, a["mean"], a["precision"],
+                                         self.meta.get("cell", 1))
         return self._detector
 
     @property
@@ -51,8 +60,8 @@ class Model:
         user's graph cache); an int8 model on its int8 backbone."""
         from .graphs import scorer
         int8 = self.meta["int8"] if self.precision == "int8" else None
-        self._scorer, self.engine = scorer(requested, self.detector, self.arrays["mean"],
-                                           self.arrays["precision"], cache_dir, threads, int8)
+        self._scorer, self.engine = scorer(requested, self.detector, self.arrays, cache_dir,
+                                           threads, int8)
         return self
 
     @property
@@ -62,18 +71,20 @@ class Model:
         stored = self.arrays.get("ignore")
         return combine(None if stored is None else stored.astype(bool), self.extra_ignore)
 
-    def run(self, x):
-        """x float32 [B, 3, H, W] ndarray -> the engine's (maps [B, H, W], scores [B]),
-        before any ignore mask."""
+    def run(self, x, ignore=None):
+        """x float32 [B, 3, H, W] ndarray -> the engine's (maps [B, H, W], scores [B]), the
+        maps before any ignore mask; PatchCore's scores over the patches ``ignore`` (bool
+        [H, W] or None) leaves."""
         if self._scorer is None:
             self.use_engine("dygraph", None)
-        return self._scorer(x)
+        return self._scorer(x, patch_mask(ignore, self.detector.grid_hw))
 
     def score(self, x):
         """x float32 [B, 3, H, W] ndarray -> (maps [B, H, W] with NaN on ignored pixels,
-        scores [B] = max over the other pixels) ndarrays."""
-        maps, _ = self.run(x)
-        return apply_ignore(maps, self.ignore)
+        image scores [B]: the max over the other pixels, or PatchCore's Eq. 7) ndarrays."""
+        ignore = self.ignore
+        maps, scores = self.run(x, ignore)
+        return apply_ignore(maps, ignore, None if self.detector.score_from_map else scores)
 
     @property
     def preprocess(self):

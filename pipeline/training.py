@@ -10,7 +10,7 @@ import logging
 import cli
 from datasets.digest import duplicates
 from datasets.layouts import open_data
-from utils import UserError, ensure_dir, model_path, run_dir
+from utils import UserError, ensure_dir
 
 from . import model as models_io
 from .backbones import get_backbone
@@ -18,6 +18,7 @@ from .calibration import calibrate, calibration_samples, calibration_source, par
 from .distributed import Group
 from .evaluate import eval_options, evaluate_category
 from .fit import FitConfig, check_replacement, fit_category
+from .fit_patchcore import fit_patchcore
 from .results import RunResults
 from .update import update_category
 
@@ -39,6 +40,18 @@ def refuse_test_copies(data):
                             "a test image must never be fitted; remove one of the copies")
 
 
+def _refuse_for_patchcore(args):
+    """What PatchCore does not do, each in one line with the way out."""
+    if args.update:
+        raise UserError("--update is not available for --method patchcore: its memory bank is a "
+                        "coreset selected from all training patches at once, which new images "
+                        "change as a whole; fit again with all the images (train.py without "
+                        "--update, --overwrite to replace the model)")
+    if args.precision != "fp32":
+        raise UserError("--precision int8 is not available for --method patchcore: its int8 "
+                        "check compares Gaussians; leave --precision out (float32)")
+
+
 class TrainingRun:
     """Prepare a run from train.py's flags (``args``); ``process`` each of ``categories``;
     ``finish``.
@@ -58,6 +71,8 @@ class TrainingRun:
         if not EPS_RANGE[0] <= args.eps <= EPS_RANGE[1]:
             raise UserError(f"--eps {args.eps} is out of range: use a value in "
                             f"[{EPS_RANGE[0]:g}, {EPS_RANGE[1]:g}] (the papers use 0.01)")
+        if args.method == "patchcore":
+            _refuse_for_patchcore(args)
         self.args = args
         self.cfg = FitConfig.from_args(args)
         self.target = parse_target(args.threshold_target)
@@ -79,6 +94,10 @@ class TrainingRun:
         self.group.check_launch(args, {c: self.data[c].train for c in self.all_categories})
         self.by_category = self.group.world > 1 and (args.shard == "categories" or (
             args.shard == "auto" and len(self.all_categories) >= self.group.world))
+        if args.method == "patchcore" and self.group.world > 1 and not self.by_category:
+            raise UserError("PatchCore fits each category in one process (its coreset needs "
+                            "every feature at once): pass --shard categories (at least as many "
+                            "categories as ranks), or start without paddle.distributed.launch")
         self.categories = self.all_categories[self.group.rank::self.group.world] \
             if self.by_category else self.all_categories
         self.fit_group = Group(single=True) if self.by_category else self.group
@@ -88,15 +107,14 @@ class TrainingRun:
         if self.backbone is not None and not args.overwrite:   # never replace silently
             for c in self.all_categories:
                 check_replacement(self.path(c), self.cfg, self.backbone)
-        self.out_dir = ensure_dir(run_dir(args.save_path, args.method, args.arch, args.k))
+        self.out_dir = ensure_dir(cli.run_folder(args))
         self.opts = eval_options(args, self.out_dir)
         self.results = RunResults(self.out_dir, args.report, cli.run_info(
             args, self.backbone and self.backbone.weights_source, args.engine),
             summary=self.group.is_main and not self.by_category)
 
     def path(self, category):
-        a = self.args
-        return model_path(a.save_path, a.method, a.arch, a.k, category)
+        return cli.category_model(self.args, category)
 
     def _model(self, category):
         """(the category's model, whether it is new): fitted, or the saved one with the new
@@ -108,8 +126,8 @@ class TrainingRun:
             new = update_category(old, self.data[category], a.batch_size, a.holdout, a.seed,
                                   a.engine, a.stats_device)
             return (old, False) if new is None else (new, True)
-        return fit_category(self.data[category], self.cfg, self.backbone, None,
-                            self.fit_group), True
+        fit = fit_patchcore if a.method == "patchcore" else fit_category
+        return fit(self.data[category], self.cfg, self.backbone, None, self.fit_group), True
 
     def process(self, category):
         """Fit (or update), calibrate, save and evaluate one category; return its row (None on

@@ -51,8 +51,8 @@ def test_embeddings_maps_and_scores_equal_dygraph(engine, detector, tmp_path):
     assert used == engine
     assert _rel(embed(x), ref_embed(x)) < TOLERANCE[engine]
     mean, prec = detector.mean.numpy(), detector.precision.numpy()
-    score, _ = graphs.scorer(engine, detector, mean, prec, cache)
-    ref_score, _ = graphs.scorer("dygraph", detector, mean, prec, cache)
+    score, _ = graphs.scorer(engine, detector, {"mean": mean, "precision": prec}, cache)
+    ref_score, _ = graphs.scorer("dygraph", detector, {"mean": mean, "precision": prec}, cache)
     (maps, scores), (ref_maps, ref_scores) = score(x), ref_score(x)
     assert maps.shape == ref_maps.shape == (3, 96, 160)
     assert _rel(maps, ref_maps) < TOLERANCE[engine]
