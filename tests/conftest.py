@@ -40,7 +40,9 @@ def fitted(demo_root, tmp_path_factory):
                            "128", "--save_path", save, "--eval", "--eval_PRO",
                            "--batch_size", "8"])
     rows = train.main(args)
-    return {"save": save, "rows": rows, "data": demo_root}
+    with open(os.path.join(save, "ortho_resnet18_k20", "results.csv")) as fh:
+        table = fh.read()                 # as train wrote it (later tests evaluate again)
+    return {"save": save, "rows": rows, "data": demo_root, "results_csv": table}
 
 
 def official_case(seed, signal, decimals):
