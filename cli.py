@@ -25,8 +25,9 @@ def add_data_args(parser):
     parser.add_argument("--normal_dir", type=str, default=None,
                         help="folder layout: normal training images")
     parser.add_argument("--abnormal_dir", type=str, nargs="+", default=None, metavar="DIR",
-                        help="folder layout: anomalous test images, one folder per defect type "
-                             "(named after the folder)")
+                        help="folder layout: anomalous test images, one folder per defect type, "
+                             "named after the folder, or TYPE=DIR to name it (folders that "
+                             "share a name, e.g. every one called Imgs, need TYPE=)")
     parser.add_argument("--normal_test_dir", type=str, default=None,
                         help="folder layout: normal test images")
     parser.add_argument("--normal_split", type=float, default=None,

@@ -19,7 +19,7 @@ logger = logging.getLogger("eval")
 
 
 def get_args(argv=None):
-    p = ArgumentParser(description="Evaluate fitted OrthoAD / PaDiM models on the test sets.")
+    p = ArgumentParser(description="Evaluate fitted OrthoAD / PaDiM / PatchCore models on the test sets.")
     cli.add_data_args(p)
     p.add_argument("--category", type=str, default="all",
                    help="all, textures, objects (MVTec AD), or a category name (the model's "

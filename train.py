@@ -1,5 +1,6 @@
-"""Fit OrthoAD / PaDiM statistics per category, optionally calibrate and evaluate; or fold new
-normal images into fitted models (--update). Data in any layout (--data_format).
+"""Fit OrthoAD / PaDiM statistics (or a PatchCore memory bank) per category, optionally
+calibrate and evaluate; or fold new normal images into fitted models (--update). Data in any
+layout (--data_format).
 
     python train.py --data_path demo_data --category all --no-pretrained --eval --eval_PRO
     python train.py --data_path new_images --category brick --update
@@ -17,7 +18,8 @@ logger = logging.getLogger("train")
 
 def get_args(argv=None):
     p = ArgumentParser(description="Fit the per-patch Gaussians of OrthoAD (ortho) or PaDiM "
-                                   "(sample) on the normal images of each category.")
+                                   "(sample), or PatchCore's memory bank (patchcore), on the "
+                                   "normal images of each category.")
     cli.add_data_args(p)
     p.add_argument("--category", type=str, default="all",
                    help="all, textures, objects (MVTec AD), or a category name (the model's "

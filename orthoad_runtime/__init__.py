@@ -1,5 +1,5 @@
-"""orthoad_runtime: run exported OrthoAD / PaDiM anomaly detectors (ONNX Runtime, or Paddle
-Inference with the ``paddle`` extra) from any application, with no training code.
+"""orthoad_runtime: run exported OrthoAD / PaDiM / PatchCore anomaly detectors (ONNX Runtime,
+or Paddle Inference with the ``paddle`` extra) from any application, with no training code.
 
     import orthoad_runtime
     detector = orthoad_runtime.Detector.from_export("export/brick")

@@ -29,7 +29,7 @@ ENGINE_NAMES = {"onnxruntime": "ONNX Runtime", "onnxruntime int8": "ONNX Runtime
 
 def get_args(argv=None):
     p = ArgumentParser(description="ONNX Runtime or Paddle Inference on an exported OrthoAD / "
-                                   "PaDiM model.")
+                                   "PaDiM / PatchCore model.")
     p.add_argument("--model_file", type=str, required=True,
                    help="model.onnx (ONNX Runtime), or model.json / model.pdmodel (Paddle "
                         "Inference); or the export folder")
